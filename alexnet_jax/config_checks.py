@@ -1,0 +1,83 @@
+"""Validation of a run's config, before any data is read or anything is compiled.
+
+A bad value is reported as one line naming the field, so that a typo on the command line costs seconds,
+not a crashed run half an hour in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alexnet_jax import models
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "warmup_cosine", "step", "onecycle")
+PARALLELISMS = ("jit",)
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the run cannot use."""
+
+
+def _require(condition: bool, field: str, value: Any, expectation: str) -> None:
+  if not condition:
+    raise ConfigError(f"config.{field}={value!r}: {expectation}")
+
+
+def _check_choice(config: Any, field: str, choices: tuple[str, ...]) -> None:
+  value = _get(config, field)
+  _require(value in choices, field, value, f"must be one of {', '.join(choices)}")
+
+
+def _get(config: Any, field: str) -> Any:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _check_positive(config: Any, field: str, allow_zero: bool = False) -> None:
+  value = _get(config, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  _require(ok, field, value, "must be >= 0" if allow_zero else "must be > 0")
+
+
+def validate_config(config: Any, num_devices: int = 1) -> None:
+  """Raises ConfigError naming the first field that holds an unusable value."""
+  _check_choice(config, "model.variant", models.VARIANTS)
+  _check_choice(config, "model.activation", models.ACTIVATIONS)
+  _check_choice(config, "model.pooling", models.POOLINGS)
+  _check_choice(config, "model.normalization", models.NORMALIZATIONS)
+  _check_choice(config, "optimizer", OPTIMIZERS)
+  _check_choice(config, "schedule", SCHEDULES)
+  _check_choice(config, "parallelism", PARALLELISMS)
+  for field in ("batch_size", "eval_batch_size", "learning_rate", "model.width_multiplier",
+                "model.num_classes", "log_every_steps", "checkpoint_every_steps"):
+    _check_positive(config, field)
+  for field in ("weight_decay", "label_smoothing", "grad_clip_norm", "model.dense_width",
+                "data.validation_size", "data.max_translate", "data.max_rotate", "data.max_scale",
+                "momentum", "warmup_steps"):
+    _check_positive(config, field, allow_zero=True)
+  _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", config.model.dropout_rate,
+           "must be in [0, 1)")
+  _require(config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "must be < 1")
+  _require(config.data.max_scale < 1.0, "data.max_scale", config.data.max_scale, "must be < 1")
+  _require(0.0 < config.onecycle_pct_start < 1.0, "onecycle_pct_start", config.onecycle_pct_start,
+           "must be in (0, 1)")
+  _require(0.0 < config.step_decay_factor <= 1.0, "step_decay_factor", config.step_decay_factor,
+           "must be in (0, 1]")
+  _check_positive(config, "step_decay_every_steps")
+  _require(config.data.validation_size < 60000, "data.validation_size", config.data.validation_size,
+           "must leave training examples (MNIST's train split has 60000)")
+  _require(config.num_train_steps == -1 or config.num_train_steps > 0, "num_train_steps",
+           config.num_train_steps, "must be -1 (use num_epochs) or > 0")
+  if config.num_train_steps == -1:
+    _check_positive(config, "num_epochs")
+  _require(config.eval_every_steps == -1 or config.eval_every_steps > 0, "eval_every_steps",
+           config.eval_every_steps, "must be -1 (once per epoch) or > 0")
+  _require(config.keep_latest_checkpoints >= 1, "keep_latest_checkpoints",
+           config.keep_latest_checkpoints, "must be >= 1")
+  for field in ("batch_size", "eval_batch_size"):
+    _require(_get(config, field) % num_devices == 0, field, _get(config, field),
+             f"must be divisible by the number of devices ({num_devices})")

@@ -1,0 +1,101 @@
+"""Where a run's numbers go: `metrics.jsonl`, TensorBoard event files and a console progress line.
+
+`metrics.jsonl` holds one JSON object per line, each with `step` and `epoch`. When a run resumes from a
+checkpoint at step S, records past S (written after that checkpoint by the run that died) are dropped,
+so the file always describes the one trajectory that the checkpoints continue.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of a run's metrics.jsonl (an empty list if there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops records with step > last_step, atomically (write a copy, then rename)."""
+  records = [r for r in read_metrics(workdir) if r["step"] <= last_step]
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  os.replace(path + ".tmp", path)
+
+
+class MetricWriter:
+  """Appends records to metrics.jsonl and TensorBoard; a no-op except on process 0."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._path = os.path.join(workdir, METRICS_FILE)
+    self._summary_writer = None
+    if enabled:
+      # clu's writer brings TensorBoard's event format; imported here to keep the module light.
+      from clu import metric_writers  # noqa: PLC0415
+
+      self._summary_writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, epoch: float, **metrics: Any) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "epoch": round(float(epoch), 4), **metrics}
+    with open(self._path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    scalars = {k: v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if scalars:
+      self._summary_writer.write_scalars(int(step), scalars)
+
+  def flush(self) -> None:
+    if self._summary_writer is not None:
+      self._summary_writer.flush()
+
+  def close(self) -> None:
+    if self._summary_writer is not None:
+      self._summary_writer.close()
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ProgressLine:
+  """Logs `step, epoch, loss, accuracy, images/s, ETA` every interval."""
+
+  def __init__(self, total_steps: int, batch_size: int, first_step: int):
+    self._total_steps = total_steps
+    self._batch_size = batch_size
+    self._last_step = first_step
+    self._last_time = time.perf_counter()
+
+  def report(self, step: int, epoch: float, loss: float, accuracy: float) -> float:
+    """Logs one line; returns the images/s since the previous report."""
+    now = time.perf_counter()
+    images_per_s = (step - self._last_step) * self._batch_size / max(now - self._last_time, 1e-9)
+    eta = (self._total_steps - step) * self._batch_size / max(images_per_s, 1e-9)
+    logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.2f%%  %.1f img/s  ETA %s",
+                 step, self._total_steps, epoch, loss, 100 * accuracy, images_per_s,
+                 _format_duration(eta))
+    self._last_step, self._last_time = step, now
+    return images_per_s
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves time spent outside training (evaluation, checkpointing) out of the next rate."""
+    self._last_time += seconds

@@ -1,0 +1,166 @@
+"""AlexNet in Flax Linen, in two topologies.
+
+* ``variant="mnist"``: the AlexNet structure scaled to 28x28x1 inputs. Five convolutions (64, 192, 384,
+  256, 256 channels; 5x5, 5x5, 3x3, 3x3, 3x3 kernels; stride 1, SAME), overlapping 3x3/2 max pooling
+  after conv1, conv2 and conv5 (28 -> 13 -> 6 -> 2, as the paper's 55 -> 27 -> 13 -> 6), then a
+  three-layer classifier with dropout.
+* ``variant="original"``: the 2012 paper's network (Krizhevsky, Sutskever and Hinton, "ImageNet
+  Classification with Deep Convolutional Neural Networks") on 227x227 inputs, MNIST resized on the fly.
+
+The paper's design choices are constructor fields so that ablations can switch them off one at a time:
+activation (ReLU vs tanh), pooling (overlapping vs non-overlapping), normalisation (none, local response
+normalisation as in the paper, or batch norm), dropout rate, a width multiplier for every convolution and
+the classifier's width.
+
+The module is a pure function of its inputs: ``init`` returns ``{"params", "batch_stats"?}`` and ``apply``
+takes them back; dropout randomness comes in through ``rngs={"dropout": key}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+VARIANTS = ("mnist", "original")
+ACTIVATIONS = ("relu", "tanh")
+POOLINGS = ("overlapping", "non_overlapping")
+NORMALIZATIONS = ("none", "lrn", "batchnorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """One convolution layer of the feature extractor."""
+
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: str = "SAME"
+  pool_after: bool = False
+  lrn_after: bool = False  # The paper normalises the responses of conv1 and conv2 only.
+
+
+# The paper's Table/Figure 2, one row per convolution.
+ORIGINAL_CONVS = (
+    ConvSpec(96, 11, stride=4, padding="VALID", pool_after=True, lrn_after=True),
+    ConvSpec(256, 5, pool_after=True, lrn_after=True),
+    ConvSpec(384, 3),
+    ConvSpec(384, 3),
+    ConvSpec(256, 3, pool_after=True),
+)
+MNIST_CONVS = (
+    ConvSpec(64, 5, pool_after=True, lrn_after=True),
+    ConvSpec(192, 5, pool_after=True, lrn_after=True),
+    ConvSpec(384, 3),
+    ConvSpec(256, 3),
+    ConvSpec(256, 3, pool_after=True),
+)
+ORIGINAL_INPUT_SIZE = 227
+ORIGINAL_DENSE_WIDTH = 4096
+MNIST_DENSE_WIDTH = 1024
+
+
+class LocalResponseNorm(nn.Module):
+  """Cross-channel local response normalisation, section 3.3 of the paper.
+
+  b_i = a_i / (k + alpha * sum_{j in window(i)} a_j^2) ** beta, with the paper's k=2, n=5, alpha=1e-4,
+  beta=0.75. Flax has no LRN layer, so it is written here as one windowed sum over the channel axis.
+  """
+
+  depth: int = 5
+  bias: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    half = self.depth // 2
+    squared = jnp.square(x)
+    window_sum = jax.lax.reduce_window(
+        squared, 0.0, jax.lax.add,
+        window_dimensions=(1, 1, 1, self.depth), window_strides=(1, 1, 1, 1),
+        padding=((0, 0), (0, 0), (0, 0), (half, half)))
+    return x / (self.bias + self.alpha * window_sum) ** self.beta
+
+
+class AlexNet(nn.Module):
+  """AlexNet; see the module docstring. Input: NHWC images, normalised, one channel."""
+
+  variant: str = "mnist"
+  num_classes: int = 10
+  activation: str = "relu"
+  pooling: str = "overlapping"
+  normalization: str = "none"
+  dropout_rate: float = 0.5
+  width_multiplier: float = 1.0
+  dense_width: int | None = None  # None: the variant's own (1024 for mnist, 4096 for original).
+  dtype: Any = jnp.float32
+
+  def conv_specs(self) -> Sequence[ConvSpec]:
+    specs = ORIGINAL_CONVS if self.variant == "original" else MNIST_CONVS
+    return [dataclasses.replace(s, features=max(1, round(s.features * self.width_multiplier)))
+            for s in specs]
+
+  def _activate(self, x: jax.Array) -> jax.Array:
+    return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
+
+  def _pool(self, x: jax.Array) -> jax.Array:
+    if self.pooling == "overlapping":  # The paper's choice: z=3, s=2 (section 3.4).
+      return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown AlexNet variant {self.variant!r}; expected one of {VARIANTS}")
+    x = images.astype(self.dtype)
+    if self.variant == "original" and x.shape[1] != ORIGINAL_INPUT_SIZE:
+      # The paper's first layer needs 227x227; MNIST is resized on the fly.
+      x = jax.image.resize(
+          x, (x.shape[0], ORIGINAL_INPUT_SIZE, ORIGINAL_INPUT_SIZE, x.shape[3]), "bilinear")
+
+    for i, spec in enumerate(self.conv_specs(), start=1):
+      x = nn.Conv(spec.features, (spec.kernel, spec.kernel), strides=spec.stride,
+                  padding=spec.padding, use_bias=self.normalization != "batchnorm",
+                  dtype=self.dtype, name=f"conv{i}")(x)
+      if self.normalization == "batchnorm":
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                         name=f"bn{i}")(x)
+      x = self._activate(x)
+      if self.normalization == "lrn" and spec.lrn_after:
+        x = LocalResponseNorm(name=f"lrn{i}")(x)
+      if spec.pool_after:
+        x = self._pool(x)
+
+    x = x.reshape((x.shape[0], -1))
+    default_width = ORIGINAL_DENSE_WIDTH if self.variant == "original" else MNIST_DENSE_WIDTH
+    width = self.dense_width or default_width
+    for i in (1, 2):
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = self._activate(nn.Dense(width, dtype=self.dtype, name=f"fc{i}")(x))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
+    return logits.astype(jnp.float32)
+
+
+def create_model(model_config: Any) -> AlexNet:
+  """Builds the network from ``config.model``."""
+  return AlexNet(
+      variant=model_config.variant,
+      num_classes=model_config.num_classes,
+      activation=model_config.activation,
+      pooling=model_config.pooling,
+      normalization=model_config.normalization,
+      dropout_rate=model_config.dropout_rate,
+      width_multiplier=model_config.width_multiplier,
+      dense_width=model_config.dense_width or None,
+  )
+
+
+def input_shape(model_config: Any) -> tuple[int, int, int]:
+  """Per-example input shape the network is fed (MNIST's; `original` resizes inside)."""
+  del model_config
+  return (28, 28, 1)

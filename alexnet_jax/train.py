@@ -1,0 +1,336 @@
+"""Training and evaluation: pure step functions and one top-to-bottom loop.
+
+`train_step(state, batch, rng) -> (state, metrics)` and `eval_step(state, batch) -> sums` are pure; the
+loop compiles them with `jax.jit` over a device `Mesh` (batch sharded, state replicated and donated) and
+does everything else: data order, logging, evaluation, checkpoints, resume, preemption and the NaN guard.
+
+Randomness: one key from `config.seed`, split by `fold_in` into init / train / data streams. Step s uses
+`fold_in(train_rng, s)`; epoch e's example order uses `fold_in(data_rng, e)`. Nothing depends on how
+many steps ran in this process, so a resumed run follows the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from alexnet_jax import (
+    augmentation,
+    checkpointing,
+    config_checks,
+    fingerprint,
+    input_pipeline,
+    metric_logging,
+    models,
+    optimizers,
+    sharding,
+)
+
+# Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, the shell's way).
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class TrainState(train_state.TrainState):
+  """params, opt_state and step from Flax's TrainState, plus batch-norm statistics ({} if none)."""
+
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training diverged; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):  # noqa: N818 - an event, not a fault.
+  """SIGTERM arrived; a checkpoint was saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """The static (compile-time) settings of the train step."""
+
+  num_classes: int = 10
+  label_smoothing: float = 0.0
+  augment: bool = False
+  max_translate: float = 0.0
+  max_rotate: float = 0.0
+  max_scale: float = 0.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> StepOptions:
+    return cls(num_classes=config.model.num_classes, label_smoothing=config.label_smoothing,
+               augment=config.data.augment, max_translate=config.data.max_translate,
+               max_rotate=config.data.max_rotate, max_scale=config.data.max_scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure functions.
+# ----------------------------------------------------------------------------------------------------
+
+
+def create_train_state(model: models.AlexNet, optimizer: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  dummy = jnp.zeros((1, *models.input_shape(None)), jnp.float32)
+  variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross entropy against (optionally smoothed) one-hot labels."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
+               options: StepOptions) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on a batch of uint8 images; returns the new state and batch-mean loss/accuracy."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  augment_rng, dropout_rng = jax.random.split(step_rng)
+  images = batch["image"].astype(jnp.float32)
+  if options.augment:
+    images = augmentation.random_affine(
+        images, augment_rng, max_translate=options.max_translate,
+        max_rotate_deg=options.max_rotate, max_scale=options.max_scale)
+  images = input_pipeline.normalize(images)
+  uses_batch_stats = bool(state.batch_stats)
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if uses_batch_stats:
+      logits, updates = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_rng},
+                                       mutable=["batch_stats"])
+    else:
+      logits, updates = state.apply_fn(variables, images, train=True,
+                                       rngs={"dropout": dropout_rng}), {}
+    loss = cross_entropy(logits, batch["label"], options.label_smoothing).mean()
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Masked sums over one batch: padding examples (mask 0) count for nothing."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = state.apply_fn(variables, input_pipeline.normalize(batch["image"]), train=False)
+  mask = batch["mask"]
+  return {
+      "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+      "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+      "count": jnp.sum(mask),
+  }
+
+
+def all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------------
+
+
+def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
+             ) -> dict[str, float]:
+  """Loss, accuracy and the exact number of examples counted over a whole split."""
+  totals = None
+  for batch in input_pipeline.eval_batches(split, batch_size):
+    sums = eval_fn(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count,
+          "count": int(round(count))}
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+
+class _PreemptionFlag:
+  """Turns SIGTERM into a flag that the loop polls between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) a run in `workdir` and returns its final record."""
+  # --- Config, devices, output directory ------------------------------------------------------------
+  config_checks.validate_config(config, num_devices=jax.device_count())
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_chief:
+    _write_config(config, workdir)
+  mesh = sharding.create_mesh()
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  logging.info("devices: %d x %s", jax.device_count(), jax.devices()[0].device_kind)
+
+  # --- Data ----------------------------------------------------------------------------------------
+  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size, sharding=replicated)
+  train_split = splits["train"]
+  steps_per_epoch = train_split.num_examples // config.batch_size
+  total_steps = (config.num_train_steps if config.num_train_steps != -1
+                 else config.num_epochs * steps_per_epoch)
+  eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
+  has_validation = "validation" in splits
+
+  # --- Model, optimizer, state ---------------------------------------------------------------------
+  root_rng = jax.random.key(config.seed)
+  init_rng, train_rng, data_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
+  model = models.create_model(config.model)
+  optimizer = optimizers.create_optimizer(config, total_steps)
+  schedule = optimizers.create_schedule(config, total_steps)
+  state = jax.jit(functools.partial(create_train_state, model, optimizer),
+                  out_shardings=replicated)(init_rng)
+  logging.info("parameters: %d", sum(x.size for x in jax.tree.leaves(state.params)))
+
+  # --- Resume --------------------------------------------------------------------------------------
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep_latest=config.keep_latest_checkpoints,
+      track_best=has_validation)
+  restored, restored_step = checkpointer.restore_latest(state)
+  elapsed_offset = 0.0
+  if restored is not None:
+    state = restored
+    if is_chief:
+      metric_logging.truncate_metrics(workdir, restored_step)
+    previous = metric_logging.read_metrics(workdir)
+    elapsed_offset = max([r.get("elapsed_s", 0.0) for r in previous], default=0.0)
+    logging.info("resumed from the checkpoint at step %d", restored_step)
+    if restored_step >= total_steps and previous and "params_sha256" in previous[-1]:
+      logging.info("run already finished: params_sha256 %s", previous[-1]["params_sha256"])
+      checkpointer.close()
+      return previous[-1]
+
+  # --- Compiled functions --------------------------------------------------------------------------
+  step_options = StepOptions.from_config(config)
+  train_fn = jax.jit(functools.partial(train_step, options=step_options),
+                     in_shardings=(replicated, batch_sharded, replicated),
+                     out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_fn = jax.jit(eval_step, in_shardings=(replicated, batch_sharded), out_shardings=replicated)
+  take_fn = jax.jit(input_pipeline.take_batch, static_argnames="batch_size",
+                    out_shardings=batch_sharded)
+  permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
+                           out_shardings=replicated)
+  finite_fn = jax.jit(all_finite)
+
+  # --- Training loop -------------------------------------------------------------------------------
+  writer = metric_logging.MetricWriter(workdir, enabled=is_chief)
+  step = int(state.step)
+  progress = metric_logging.ProgressLine(total_steps, config.batch_size, first_step=step)
+  preemption = _PreemptionFlag()
+  start_time = time.perf_counter()
+  pending_metrics, permutation, permutation_epoch = [], None, None
+  last_good_step = checkpointer.latest_step()
+
+  def elapsed() -> float:
+    return round(elapsed_offset + time.perf_counter() - start_time, 3)
+
+  def save(state, val_accuracy=None):
+    nonlocal last_good_step
+    if not bool(finite_fn(state.params)):
+      raise NonFiniteLossError(
+          f"parameters became non-finite by step {int(state.step)}; last good checkpoint: step "
+          f"{last_good_step} in {checkpointer.directory}; try a lower learning_rate")
+    checkpointer.save(int(state.step), state, val_accuracy)
+    last_good_step = int(state.step)
+
+  def evaluate_save_and_record(state, step) -> dict[str, Any]:
+    record = {}
+    eval_names = [n for n in ("validation", "test") if n in splits and (
+        n == "validation" or config.eval_test_during_training or step == total_steps)]
+    for name in eval_names:
+      prefix = "val" if name == "validation" else name
+      result = evaluate(eval_fn, state, splits[name], config.eval_batch_size)
+      record.update({f"{prefix}_{k}": v for k, v in result.items()})
+    save(state, record.get("val_accuracy"))
+    if step == total_steps:
+      record["params_sha256"] = fingerprint.params_sha256(state.params)
+    record["elapsed_s"] = elapsed()
+    writer.write(step, step / steps_per_epoch, **record)
+    logging.info("step %d  %s", step, "  ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    return {"step": step, "epoch": step / steps_per_epoch, **record}
+
+  logging.info("training %d steps (%d per epoch) from step %d", total_steps, steps_per_epoch, step)
+  final_record = None
+  try:
+    while step < total_steps:
+      epoch, index = divmod(step, steps_per_epoch)
+      if permutation_epoch != epoch:
+        permutation = permutation_fn(data_rng, epoch, train_split.num_examples)
+        permutation_epoch = epoch
+      batch = take_fn(train_split.images, train_split.labels, permutation, index,
+                      batch_size=config.batch_size)
+      state, metrics = train_fn(state, batch, train_rng)
+      pending_metrics.append(metrics)
+      step += 1
+      epoch_float = step / steps_per_epoch
+
+      if step % config.log_every_steps == 0 or step == total_steps:
+        host_metrics = jax.device_get(pending_metrics)
+        pending_metrics = []
+        loss = float(np.mean([m["loss"] for m in host_metrics]))
+        accuracy = float(np.mean([m["accuracy"] for m in host_metrics]))
+        if not np.isfinite(loss):
+          raise NonFiniteLossError(
+              f"non-finite training loss ({loss}) by step {step}; last good checkpoint: step "
+              f"{last_good_step} in {checkpointer.directory}; try a lower learning_rate")
+        images_per_s = progress.report(step, epoch_float, loss, accuracy)
+        writer.write(step, epoch_float, train_loss=loss, train_accuracy=accuracy,
+                     learning_rate=float(schedule(step - 1)), images_per_s=round(images_per_s, 2),
+                     elapsed_s=elapsed())
+
+      if step % eval_every == 0 or step == total_steps:
+        eval_start = time.perf_counter()
+        final_record = evaluate_save_and_record(state, step)
+        progress.exclude(time.perf_counter() - eval_start)
+      elif step % config.checkpoint_every_steps == 0:
+        save(state)
+
+      if preemption.raised:
+        save(state)
+        checkpointer.wait_until_finished()
+        raise Preempted(f"SIGTERM: saved the checkpoint at step {step} in "
+                        f"{checkpointer.directory}; rerun the same command to resume")
+    if final_record is None:  # Restored at the last step, killed before its final record was written.
+      final_record = evaluate_save_and_record(state, step)
+  finally:
+    preemption.restore()
+    writer.flush()
+    writer.close()
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+  logging.info("finished: test accuracy %.4f over %d images in %.0f s of training",
+               final_record["test_accuracy"], final_record["test_count"], final_record["elapsed_s"])
+  print(f"params_sha256 {final_record['params_sha256']}", flush=True)
+  return final_record

@@ -1,0 +1,21 @@
+"""The 2012 paper's network and recipe (SGD, momentum 0.9, weight decay 5e-4, LRN) on 227x227 MNIST.
+
+Meant for a GPU or TPU: about 140x the compute of the `mnist` variant per image.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.variant = "original"
+  config.model.normalization = "lrn"
+  config.optimizer = "sgd"
+  config.learning_rate = 0.01
+  config.schedule = "step"
+  config.step_decay_every_steps = 2000
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_epochs = 10
+  config.label_smoothing = 0.0
+  return config
