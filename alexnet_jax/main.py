@@ -3,6 +3,7 @@
 Running the same command on the same workdir resumes from its latest checkpoint.
 """
 
+import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -17,9 +18,17 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _LibraryChatterFilter(pylogging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the console; its warnings and errors still show."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_LibraryChatterFilter())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (config_checks.ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,

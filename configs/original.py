@@ -17,5 +17,6 @@ def get_config():
   config.batch_size = 128
   config.eval_batch_size = 500
   config.num_epochs = 10
+  config.weight_decay = 5e-4
   config.label_smoothing = 0.0
   return config

@@ -1,0 +1,79 @@
+"""A bad config value is refused before any compute, with one line naming the field."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alexnet_jax import config_checks
+from configs import default, original, smoke
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.parametrize("get_config", [default.get_config, smoke.get_config, original.get_config])
+def test_shipped_configs_are_valid(get_config):
+  config_checks.validate_config(get_config())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("batch_size", -1),
+    ("batch_size", 0),
+    ("eval_batch_size", 0),
+    ("learning_rate", 0.0),
+    ("model.variant", "vgg"),
+    ("model.activation", "gelu"),
+    ("model.pooling", "avg"),
+    ("model.normalization", "layernorm"),
+    ("model.dropout_rate", 1.0),
+    ("model.width_multiplier", -0.5),
+    ("optimizer", "lion"),
+    ("schedule", "linear"),
+    ("num_train_steps", 0),
+    ("num_train_steps", -5),
+    ("data.validation_size", 60000),
+    ("data.validation_size", -1),
+    ("label_smoothing", 1.0),
+    ("eval_every_steps", 0),
+    ("keep_latest_checkpoints", 0),
+    ("parallelism", "tpu_magic"),
+])
+def test_bad_value_names_the_field(field, value):
+  config = default.get_config()
+  section = config
+  *parents, leaf = field.split(".")
+  for parent in parents:
+    section = section[parent]
+  section[leaf] = value
+  with pytest.raises(config_checks.ConfigError, match=rf"^config\.{field}="):
+    config_checks.validate_config(config)
+
+
+def test_num_epochs_is_checked_only_when_it_is_used():
+  config = default.get_config()
+  config.num_epochs = 0
+  with pytest.raises(config_checks.ConfigError, match="num_epochs"):
+    config_checks.validate_config(config)
+  config.num_train_steps = 10
+  config_checks.validate_config(config)
+
+
+def test_batch_must_divide_over_devices():
+  config = default.get_config()
+  config.batch_size = 130
+  config_checks.validate_config(config, num_devices=2)
+  with pytest.raises(config_checks.ConfigError, match=r"config\.batch_size=130: .*4"):
+    config_checks.validate_config(config, num_devices=4)
+
+
+def test_cli_rejects_bad_value_in_one_line_before_any_compute(tmp_path):
+  start = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.main", "--config", "configs/default.py",
+       "--workdir", str(tmp_path / "run"), "--config.batch_size=-3"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line == "error: config.batch_size=-3: must be > 0"
+  assert time.monotonic() - start < 60
+  assert not (tmp_path / "run").exists(), "nothing is written for a refused config"

@@ -1,0 +1,99 @@
+"""Shapes, parameter counts and knobs of both AlexNet variants."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from alexnet_jax import models
+
+
+def _init(model, batch=2, size=28):
+  x = jnp.zeros((batch, size, size, 1))
+  return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+
+
+def _count(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def _expected_params(convs, in_channels, flat_features, dense, classes=10):
+  """An independent count from the layer table: weights plus biases of every layer."""
+  total, channels = 0, in_channels
+  for features, kernel in convs:
+    total += kernel * kernel * channels * features + features
+    channels = features
+  total += flat_features * dense + dense + dense * dense + dense + dense * classes + classes
+  return total
+
+
+def test_mnist_variant_shapes_and_parameter_count():
+  model = models.AlexNet()
+  variables = _init(model)
+  convs = [(64, 5), (192, 5), (384, 3), (256, 3), (256, 3)]
+  assert _count(variables["params"]) == _expected_params(convs, 1, 2 * 2 * 256, 1024) == 4_557_514
+  logits = model.apply(variables, jnp.zeros((3, 28, 28, 1)), train=False)
+  assert logits.shape == (3, 10)
+
+
+def test_mnist_variant_feature_map_sizes_follow_the_paper():
+  """28 -> 13 -> 6 -> 2 with overlapping pooling, 28 -> 14 -> 7 -> 3 with non-overlapping."""
+  for pooling, side in (("overlapping", 2), ("non_overlapping", 3)):
+    model = models.AlexNet(pooling=pooling)
+    params = _init(model)["params"]
+    assert params["fc1"]["kernel"].shape == (side * side * 256, 1024)
+
+
+def test_original_variant_shapes_and_parameter_count():
+  model = models.AlexNet(variant="original")
+  variables = jax.eval_shape(lambda: _init(model, batch=1))
+  convs = [(96, 11), (256, 5), (384, 3), (384, 3), (256, 3)]
+  assert _count(variables["params"]) == _expected_params(convs, 1, 6 * 6 * 256, 4096) == 58_299_082
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 28, 28, 1)), train=False), variables)
+  assert out.shape == (2, 10)
+
+
+def test_original_variant_runs_on_cpu():
+  model = models.AlexNet(variant="original", normalization="lrn")
+  variables = _init(model, batch=1)
+  logits = model.apply(variables, jnp.ones((1, 28, 28, 1)), train=False)
+  assert logits.shape == (1, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("normalization", ["none", "lrn", "batchnorm"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_knobs_build_and_run(normalization, activation):
+  model = models.AlexNet(normalization=normalization, activation=activation, width_multiplier=0.25,
+                         dense_width=32, dropout_rate=0.3)
+  variables = _init(model)
+  assert ("batch_stats" in variables) == (normalization == "batchnorm")
+  assert ("bn1" in variables["params"]) == (normalization == "batchnorm")
+  logits, _ = model.apply(variables, jnp.ones((4, 28, 28, 1)), train=True,
+                          rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+  assert logits.shape == (4, 10)
+
+
+def test_width_multiplier_and_dense_width():
+  params = _init(models.AlexNet(width_multiplier=0.5, dense_width=256))["params"]
+  assert params["conv1"]["kernel"].shape == (5, 5, 1, 32)
+  assert params["conv4"]["kernel"].shape == (3, 3, 192, 128)
+  assert params["fc2"]["kernel"].shape == (256, 256)
+
+
+def test_dropout_is_active_only_in_training():
+  model = models.AlexNet(width_multiplier=0.25, dense_width=32)
+  variables = _init(model)
+  x = jnp.ones((2, 28, 28, 1))
+  assert jnp.array_equal(model.apply(variables, x, train=False), model.apply(variables, x, train=False))
+  a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+  b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+  assert not jnp.array_equal(a, b)
+
+
+def test_local_response_norm_matches_the_paper_formula():
+  x = jax.random.normal(jax.random.key(0), (1, 2, 2, 7)) * 30
+  out = models.LocalResponseNorm().apply({}, x)
+  k, n, alpha, beta = 2.0, 5, 1e-4, 0.75
+  for i in range(7):
+    window = x[..., max(0, i - n // 2):min(7, i + n // 2 + 1)]
+    expected = x[..., i] / (k + alpha * jnp.sum(window ** 2, axis=-1)) ** beta
+    assert jnp.allclose(out[..., i], expected, rtol=1e-5)

@@ -1,0 +1,117 @@
+"""Whole runs through the CLI, in separate processes: same seed same bits, resume after SIGKILL or
+SIGTERM equal to an uninterrupted run, and fallback past a corrupt latest checkpoint."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alexnet_jax import metric_logging, train
+from tests.conftest import REPO_ROOT
+
+STEPS = 120
+OVERRIDES = (f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=10",
+             "--config.eval_every_steps=60", "--config.log_every_steps=10")
+
+
+def _command(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "alexnet_jax.main", "--config", "configs/smoke.py",
+          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *OVERRIDES, *extra]
+
+
+def _run(workdir, data_dir, *extra) -> str:
+  result = subprocess.run(_command(workdir, data_dir, *extra), cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return _fingerprint(workdir)
+
+
+def _fingerprint(workdir) -> str | None:
+  records = metric_logging.read_metrics(str(workdir))
+  return records[-1].get("params_sha256") if records else None
+
+
+def _saved_steps(workdir) -> list[int]:
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def _start_and_interrupt(workdir, data_dir, sig, after_step) -> subprocess.Popen:
+  """Starts a run and sends `sig` once a checkpoint at or past `after_step` is on disk."""
+  process = subprocess.Popen(_command(workdir, data_dir), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and process.poll() is None:
+    if any(step >= after_step for step in _saved_steps(workdir)):
+      process.send_signal(sig)
+      break
+    time.sleep(0.02)
+  process.communicate(timeout=300)
+  return process
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mnist_data_dir) -> tuple[pathlib.Path, str]:
+  """One uninterrupted run: its workdir and params_sha256."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  return workdir, _run(workdir, mnist_data_dir)
+
+
+def test_same_seed_same_bits_in_another_process(reference, tmp_path, mnist_data_dir):
+  _, expected = reference
+  assert _run(tmp_path / "again", mnist_data_dir) == expected
+
+
+def test_another_seed_other_bits(reference, tmp_path, mnist_data_dir):
+  _, expected = reference
+  assert _run(tmp_path / "seed1", mnist_data_dir, "--config.seed=1") != expected
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_bits(reference, tmp_path, mnist_data_dir):
+  _, expected = reference
+  workdir = tmp_path / "killed"
+  process = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGKILL, after_step=STEPS // 2)
+  assert process.returncode == -signal.SIGKILL
+  assert _fingerprint(workdir) is None, "the run must have been killed before finishing"
+  assert _run(workdir, mnist_data_dir) == expected
+  steps = [r["step"] for r in metric_logging.read_metrics(str(workdir)) if "train_loss" in r]
+  assert steps == sorted(set(steps)), "records after the resumed checkpoint were dropped, not repeated"
+
+
+def test_sigterm_saves_then_exits_and_resumes_exactly(reference, tmp_path, mnist_data_dir):
+  _, expected = reference
+  workdir = tmp_path / "terminated"
+  process = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGTERM, after_step=20)
+  assert process.returncode == train.PREEMPTED_EXIT_CODE, process.stdout[-2000:]
+  assert "SIGTERM: saved the checkpoint" in process.stdout
+  saved = _saved_steps(workdir)
+  assert saved and saved[-1] < STEPS, saved
+  assert _run(workdir, mnist_data_dir) == expected
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path, mnist_data_dir):
+  source, expected = reference
+  workdir = tmp_path / "corrupt"
+  shutil.copytree(source, workdir)
+  steps = _saved_steps(workdir)
+  latest = workdir / "checkpoints" / str(steps[-1])
+  for path in latest.rglob("*"):
+    if path.is_file() and path.stat().st_size > 0 and "manifest" in path.name:
+      path.write_bytes(b"\0" * 8)
+  for path in (latest / "default").rglob("*"):
+    if path.is_file() and os.path.getsize(path) > 1000:
+      with open(path, "r+b") as f:
+        f.truncate(100)
+  result = subprocess.run(_command(workdir, mnist_data_dir), cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"checkpoint at step {steps[-1]} does not restore" in result.stderr
+  assert (workdir / "corrupt_checkpoints").exists(), "the damaged checkpoint is kept aside, not deleted"
+  assert _fingerprint(workdir) == expected

@@ -1,0 +1,99 @@
+"""Train and eval steps, the loop's guards, and metrics.jsonl, in process on tiny budgets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpointing, metric_logging, models, optimizers, train
+from configs import smoke
+
+
+def _tiny_state(normalization="none"):
+  config = smoke.get_config()
+  config.model.normalization = normalization
+  model = models.create_model(config.model)
+  tx = optimizers.create_optimizer(config, 100)
+  return train.create_train_state(model, tx, jax.random.key(0))
+
+
+def _fixed_batch(n=32):
+  rng = np.random.default_rng(0)
+  return {"image": jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)),
+          "label": jnp.asarray(rng.integers(0, 10, (n,), dtype=np.int32)),
+          "mask": jnp.ones((n,))}
+
+
+@pytest.mark.parametrize("normalization", ["none", "batchnorm"])
+def test_train_steps_lower_the_loss_on_a_fixed_batch(normalization):
+  state = _tiny_state(normalization)
+  batch = _fixed_batch()
+  step = jax.jit(lambda s, b, r: train.train_step(s, b, r, train.StepOptions()))
+  before = float(train.eval_step(state, batch)["loss_sum"])
+  for _ in range(15):
+    state, metrics = step(state, {"image": batch["image"], "label": batch["label"]}, jax.random.key(1))
+  assert int(state.step) == 15
+  assert float(train.eval_step(state, batch)["loss_sum"]) < 0.5 * before
+  if normalization == "batchnorm":
+    assert not jnp.allclose(state.batch_stats["bn1"]["mean"], 0.0)
+
+
+def test_step_rng_is_folded_with_the_step_number():
+  state = _tiny_state()
+  batch = {k: v for k, v in _fixed_batch().items() if k != "mask"}
+  options = train.StepOptions(augment=True, max_translate=2.0, max_rotate=10.0, max_scale=0.1)
+  a, _ = train.train_step(state, batch, jax.random.key(7), options)
+  b, _ = train.train_step(state, batch, jax.random.key(7), options)
+  assert all(jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+  later = state.replace(step=state.step + 1)
+  c, _ = train.train_step(later, batch, jax.random.key(7), options)
+  assert not all(jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_eval_step_ignores_masked_examples():
+  state = _tiny_state()
+  batch = _fixed_batch(8)
+  full = train.eval_step(state, batch)
+  half_mask = batch["mask"].at[4:].set(0.0)
+  garbage = batch["image"].at[4:].set(255)
+  half = train.eval_step(state, {**batch, "mask": half_mask, "image": garbage})
+  first_four = train.eval_step(state, {k: v[:4] for k, v in batch.items()})
+  assert float(half["count"]) == 4 and float(full["count"]) == 8
+  np.testing.assert_allclose(float(half["loss_sum"]), float(first_four["loss_sum"]), rtol=1e-5)
+  assert float(half["correct"]) == float(first_four["correct"])
+
+
+def test_smoke_run_writes_the_promised_outputs(smoke_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(smoke_config, workdir)
+  records = metric_logging.read_metrics(workdir)
+  assert final == {k: v for k, v in records[-1].items()}
+  assert final["test_count"] == 10000 and final["val_count"] == 5000
+  assert len(final["params_sha256"]) == 64 and final["step"] == smoke_config.num_train_steps
+  train_records = [r for r in records if "train_loss" in r]
+  assert {"step", "epoch", "train_loss", "train_accuracy", "images_per_s"} <= set(train_records[0])
+  eval_records = [r for r in records if "val_accuracy" in r]
+  assert [r["step"] for r in eval_records] == [20, 40]
+  assert all(r["val_count"] == 5000 for r in eval_records)
+  for name in ("config.json", "tensorboard", "checkpoints"):
+    assert (tmp_path / "run" / name).exists()
+  assert (tmp_path / "run" / "tensorboard").iterdir(), "TensorBoard event files"
+  # Running the finished run again changes nothing.
+  again = train.train_and_evaluate(smoke_config, workdir)
+  assert again["params_sha256"] == final["params_sha256"]
+  assert len(metric_logging.read_metrics(workdir)) == len(records)
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_only_finite_checkpoints(smoke_config, tmp_path):
+  smoke_config.optimizer = "sgd"
+  smoke_config.learning_rate = 1e6
+  smoke_config.checkpoint_every_steps = 5
+  smoke_config.log_every_steps = 5
+  workdir = tmp_path / "run"
+  with pytest.raises(train.NonFiniteLossError, match="non-finite .* step"):
+    train.train_and_evaluate(smoke_config, str(workdir))
+  checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+  template = _tiny_state()
+  for step in checkpointer.all_steps():
+    restored = checkpointer.restore(step, template)
+    assert bool(train.all_finite(restored.params)), f"checkpoint {step} holds non-finite params"
