@@ -89,6 +89,9 @@ def mnist_builder(data_dir: str = "", manual_dir: str = ""):
   (default: TFDS's `<data_dir>/downloads/manual`); a download when the network answers.
   """
   import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy import, only when data is needed.
+  from tensorflow_datasets.core.download.download_manager import (  # noqa: PLC0415
+      NonMatchingChecksumError,
+  )
 
   _hide_gpus_from_tensorflow()
   builder = tfds.builder("mnist", data_dir=data_dir or None)
@@ -105,7 +108,7 @@ def mnist_builder(data_dir: str = "", manual_dir: str = ""):
       manual_dir=manual_dir if not missing else None, try_download_gcs=False)
   try:
     builder.download_and_prepare(download_config=download_config)
-  except tfds.download.NonMatchingChecksumError as e:
+  except NonMatchingChecksumError as e:
     raise DatasetError(f"MNIST files in {manual_dir} fail TFDS's checksum check: "
                        f"{str(e).splitlines()[0]}") from None
   except Exception as e:  # noqa: BLE001 - corrupt gzip/IDX data surfaces as assorted errors.

@@ -49,16 +49,18 @@ class MetricWriter:
 
       self._summary_writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  def write(self, step: int, epoch: float, **metrics: Any) -> None:
-    if not self.enabled:
-      return
+  def write(self, step: int, epoch: float, **metrics: Any) -> dict[str, Any]:
+    """Appends one record (on process 0) and returns it."""
     record = {"step": int(step), "epoch": round(float(epoch), 4), **metrics}
+    if not self.enabled:
+      return record
     with open(self._path, "a") as f:
       f.write(json.dumps(record) + "\n")
     scalars = {k: v for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     if scalars:
       self._summary_writer.write_scalars(int(step), scalars)
+    return record
 
   def flush(self) -> None:
     if self._summary_writer is not None:

@@ -275,10 +275,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step == total_steps:
       record["params_sha256"] = fingerprint.params_sha256(state.params)
     record["elapsed_s"] = elapsed()
-    writer.write(step, step / steps_per_epoch, **record)
     logging.info("step %d  %s", step, "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-    return {"step": step, "epoch": step / steps_per_epoch, **record}
+    return writer.write(step, step / steps_per_epoch, **record)
 
   logging.info("training %d steps (%d per epoch) from step %d", total_steps, steps_per_epoch, step)
   final_record = None

@@ -12,15 +12,21 @@ from configs import smoke
 def _tiny_state(normalization="none"):
   config = smoke.get_config()
   config.model.normalization = normalization
+  config.model.dropout_rate = 0.0  # memorising a fixed batch is the point here
+  config.learning_rate = 3e-3
   model = models.create_model(config.model)
   tx = optimizers.create_optimizer(config, 100)
   return train.create_train_state(model, tx, jax.random.key(0))
 
 
 def _fixed_batch(n=32):
+  """Noisy images whose class is where a bright bar lies: learnable in a few steps."""
   rng = np.random.default_rng(0)
-  return {"image": jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)),
-          "label": jnp.asarray(rng.integers(0, 10, (n,), dtype=np.int32)),
+  labels = rng.integers(0, 10, (n,))
+  images = rng.integers(0, 60, (n, 28, 28, 1))
+  for i, label in enumerate(labels):
+    images[i, 2 * label + 2:2 * label + 6, 4:24] = 255
+  return {"image": jnp.asarray(images.astype(np.uint8)), "label": jnp.asarray(labels.astype(np.int32)),
           "mask": jnp.ones((n,))}
 
 
@@ -30,9 +36,9 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(normalization):
   batch = _fixed_batch()
   step = jax.jit(lambda s, b, r: train.train_step(s, b, r, train.StepOptions()))
   before = float(train.eval_step(state, batch)["loss_sum"])
-  for _ in range(15):
+  for _ in range(20):
     state, metrics = step(state, {"image": batch["image"], "label": batch["label"]}, jax.random.key(1))
-  assert int(state.step) == 15
+  assert int(state.step) == 20
   assert float(train.eval_step(state, batch)["loss_sum"]) < 0.5 * before
   if normalization == "batchnorm":
     assert not jnp.allclose(state.batch_stats["bn1"]["mean"], 0.0)
