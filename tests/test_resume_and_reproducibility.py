@@ -43,7 +43,7 @@ def _saved_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
-def _start_and_interrupt(workdir, data_dir, sig, after_step) -> subprocess.Popen:
+def _start_and_interrupt(workdir, data_dir, sig, after_step) -> tuple[int, str]:
   """Starts a run and sends `sig` once a checkpoint at or past `after_step` is on disk."""
   process = subprocess.Popen(_command(workdir, data_dir), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -53,8 +53,8 @@ def _start_and_interrupt(workdir, data_dir, sig, after_step) -> subprocess.Popen
       process.send_signal(sig)
       break
     time.sleep(0.02)
-  process.communicate(timeout=300)
-  return process
+  output, _ = process.communicate(timeout=300)
+  return process.returncode, output
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_another_seed_other_bits(reference, tmp_path, mnist_data_dir):
 def test_sigkill_then_resume_gives_the_uninterrupted_bits(reference, tmp_path, mnist_data_dir):
   _, expected = reference
   workdir = tmp_path / "killed"
-  process = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGKILL, after_step=STEPS // 2)
-  assert process.returncode == -signal.SIGKILL
+  returncode, _ = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGKILL, after_step=STEPS // 2)
+  assert returncode == -signal.SIGKILL
   assert _fingerprint(workdir) is None, "the run must have been killed before finishing"
   assert _run(workdir, mnist_data_dir) == expected
   steps = [r["step"] for r in metric_logging.read_metrics(str(workdir)) if "train_loss" in r]
@@ -88,9 +88,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_bits(reference, tmp_path, m
 def test_sigterm_saves_then_exits_and_resumes_exactly(reference, tmp_path, mnist_data_dir):
   _, expected = reference
   workdir = tmp_path / "terminated"
-  process = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGTERM, after_step=20)
-  assert process.returncode == train.PREEMPTED_EXIT_CODE, process.stdout[-2000:]
-  assert "SIGTERM: saved the checkpoint" in process.stdout
+  returncode, output = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGTERM, after_step=20)
+  assert returncode == train.PREEMPTED_EXIT_CODE, output[-2000:]
+  assert "SIGTERM: saved the checkpoint" in output
   saved = _saved_steps(workdir)
   assert saved and saved[-1] < STEPS, saved
   assert _run(workdir, mnist_data_dir) == expected
