@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _sample_coordinates(rng: jax.Array, height: int, width: int, max_translate: float,
+def _sample_coordinates(rng: jax.Array, height: int, width: int, *, max_translate: float,
                         max_rotate_deg: float, max_scale: float) -> jax.Array:
   """Source coordinates (2, H, W) for one output image under a random affine map."""
   k_angle, k_scale, k_shift = jax.random.split(rng, 3)
@@ -35,7 +35,8 @@ def random_affine(images: jax.Array, rng: jax.Array, *, max_translate: float,
   batch, height, width, channels = images.shape
 
   def one(image: jax.Array, key: jax.Array) -> jax.Array:
-    coords = _sample_coordinates(key, height, width, max_translate, max_rotate_deg, max_scale)
+    coords = _sample_coordinates(key, height, width, max_translate=max_translate,
+                                 max_rotate_deg=max_rotate_deg, max_scale=max_scale)
     channel_maps = [
         jax.scipy.ndimage.map_coordinates(image[..., c], list(coords), order=1, mode="constant")
         for c in range(channels)

@@ -7,6 +7,9 @@ import pathlib
 
 import pytest
 
+from alexnet_jax import input_pipeline
+from configs import smoke
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -30,8 +33,6 @@ def mnist_manual_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def mnist_data_dir(tmp_path_factory, mnist_manual_dir) -> str:
   """A TFDS data_dir with `mnist` prepared from the original files (checksums verified by TFDS)."""
-  from alexnet_jax import input_pipeline
-
   data_dir = tmp_path_factory.mktemp("tfds")
   input_pipeline.mnist_builder(str(data_dir), str(mnist_manual_dir))
   return str(data_dir)
@@ -40,8 +41,6 @@ def mnist_data_dir(tmp_path_factory, mnist_manual_dir) -> str:
 @pytest.fixture
 def smoke_config(mnist_data_dir):
   """configs/smoke.py pointed at the prepared data."""
-  from configs import smoke
-
   config = smoke.get_config()
   config.data.data_dir = mnist_data_dir
   return config

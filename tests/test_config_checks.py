@@ -71,7 +71,7 @@ def test_cli_rejects_bad_value_in_one_line_before_any_compute(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "alexnet_jax.main", "--config", "configs/default.py",
        "--workdir", str(tmp_path / "run"), "--config.batch_size=-3"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+      cwd=REPO_ROOT, capture_output=True, check=False, text=True, timeout=120)
   assert result.returncode != 0
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line == "error: config.batch_size=-3: must be > 0"

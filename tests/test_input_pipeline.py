@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax import random
 
 from alexnet_jax import input_pipeline
 from tests.conftest import MNIST_FILES
@@ -38,8 +39,6 @@ def test_split_names_hold_out_validation_from_train():
 
 
 def test_epoch_permutation_depends_on_seed_and_epoch_only():
-  from jax import random
-
   rng = random.key(0)
   a = input_pipeline.epoch_permutation(rng, 3, 100)
   assert jnp.array_equal(a, input_pipeline.epoch_permutation(rng, 3, 100))

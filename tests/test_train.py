@@ -44,16 +44,20 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(normalization):
     assert not jnp.allclose(state.batch_stats["bn1"]["mean"], 0.0)
 
 
+def _same(tree_a, tree_b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(jnp.array_equal, tree_a, tree_b)))
+
+
 def test_step_rng_is_folded_with_the_step_number():
   state = _tiny_state()
   batch = {k: v for k, v in _fixed_batch().items() if k != "mask"}
   options = train.StepOptions(augment=True, max_translate=2.0, max_rotate=10.0, max_scale=0.1)
   a, _ = train.train_step(state, batch, jax.random.key(7), options)
   b, _ = train.train_step(state, batch, jax.random.key(7), options)
-  assert all(jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+  assert _same(a.params, b.params)
   later = state.replace(step=state.step + 1)
   c, _ = train.train_step(later, batch, jax.random.key(7), options)
-  assert not all(jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+  assert not _same(a.params, c.params)
 
 
 def test_eval_step_ignores_masked_examples():
