@@ -148,11 +148,13 @@ def all_finite(tree: Any) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------
 
 
-def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
-             ) -> dict[str, float]:
+def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int,
+             batch_sharding: jax.sharding.Sharding | None = None) -> dict[str, float]:
   """Loss, accuracy and the exact number of examples counted over a whole split."""
   totals = None
   for batch in input_pipeline.eval_batches(split, batch_size):
+    if batch_sharding is not None:  # Each device evaluates its own slice of the batch.
+      batch = jax.device_put(batch, batch_sharding)
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -269,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         n == "validation" or config.eval_test_during_training or step == total_steps)]
     for name in eval_names:
       prefix = "val" if name == "validation" else name
-      result = evaluate(eval_fn, state, splits[name], config.eval_batch_size)
+      result = evaluate(eval_fn, state, splits[name], config.eval_batch_size, batch_sharded)
       record.update({f"{prefix}_{k}": v for k, v in result.items()})
     save(state, record.get("val_accuracy"))
     if step == total_steps:
