@@ -153,9 +153,8 @@ def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size
   """Loss, accuracy and the exact number of examples counted over a whole split."""
   totals = None
   for batch in input_pipeline.eval_batches(split, batch_size):
-    if batch_sharding is not None:  # Each device evaluates its own slice of the batch.
-      batch = jax.device_put(batch, batch_sharding)
-    sums = eval_fn(state, batch)
+    # Each device evaluates its own slice of the batch.
+    sums = eval_fn(state, jax.device_put(batch, batch_sharding) if batch_sharding else batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
@@ -163,9 +162,35 @@ def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size
           "count": int(round(count))}
 
 
+# Fields that may differ when a run is resumed: where the data lives does not change the run.
+_RESUMABLE_FIELDS = ("data.data_dir", "data.manual_dir")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  """Writes config.json; refuses a workdir whose run was started with a different config."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(json.dumps(config.to_dict()))
+  if os.path.exists(path):
+    with open(path) as f:
+      old = _flatten(json.load(f))
+    changed = sorted(k for k, v in _flatten(new).items()
+                     if k not in _RESUMABLE_FIELDS and old.get(k, v) != v)
+    if changed:
+      raise config_checks.ConfigError(
+          f"config.{changed[0]}: differs from the run already in {workdir} (changed: "
+          f"{', '.join(changed)}); resume with the same config or use a new workdir")
+  with open(path, "w") as f:
+    json.dump(new, f, indent=2, sort_keys=True)
 
 
 class _PreemptionFlag:

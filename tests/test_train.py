@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, metric_logging, models, optimizers, train
+from alexnet_jax import checkpointing, config_checks, metric_logging, models, optimizers, train
 from configs import smoke
 
 
@@ -107,3 +107,12 @@ def test_divergence_stops_with_a_clear_error_and_keeps_only_finite_checkpoints(s
   for step in checkpointer.all_steps():
     restored = checkpointer.restore(step, template)
     assert bool(train.all_finite(restored.params)), f"checkpoint {step} holds non-finite params"
+
+
+def test_resuming_with_another_config_is_refused(smoke_config, tmp_path):
+  smoke_config.num_train_steps = 4
+  smoke_config.eval_every_steps = 4
+  train.train_and_evaluate(smoke_config, str(tmp_path / "run"))
+  smoke_config.learning_rate = 0.5
+  with pytest.raises(config_checks.ConfigError, match=r"config\.learning_rate: differs"):
+    train.train_and_evaluate(smoke_config, str(tmp_path / "run"))

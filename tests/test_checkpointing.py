@@ -1,0 +1,64 @@
+"""Orbax checkpoint policy: latest and best kept, damaged checkpoints set aside, not deleted."""
+
+import jax.numpy as jnp
+import pytest
+
+from alexnet_jax import checkpointing
+
+
+def _state(value: float):
+  return {"params": {"w": jnp.full((3,), value)}, "step": jnp.asarray(int(value))}
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "ckpt"), keep_latest=2)
+  for step, accuracy in [(1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7)]:
+    checkpointer.save(step, _state(step), val_accuracy=accuracy)
+    checkpointer.wait_until_finished()
+  checkpointer.save(5, _state(5))  # periodic, no metrics
+  checkpointer.wait_until_finished()
+  assert checkpointer.all_steps() == [2, 4, 5]
+  assert checkpointer.best_step() == 2
+  restored = checkpointer.restore(2, _state(0))
+  assert float(restored["params"]["w"][0]) == 2.0
+  assert checkpointing.resolve_step(checkpointer, "best") == 2
+  assert checkpointing.resolve_step(checkpointer, "latest") == 5
+  with pytest.raises(checkpointing.CheckpointError, match="checkpoint '3' not found"):
+    checkpointing.resolve_step(checkpointer, "3")
+  checkpointer.close()
+
+
+def test_half_written_checkpoint_is_invisible(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  checkpointer.save(1, _state(1))
+  checkpointer.wait_until_finished()
+  (tmp_path / "ckpt" / "2.orbax-checkpoint-tmp").mkdir()  # what a kill during a save leaves
+  checkpointer.close()
+  reopened = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  restored, step = reopened.restore_latest(_state(0))
+  assert step == 1 and float(restored["params"]["w"][0]) == 1.0
+  reopened.close()
+
+
+def test_corrupt_latest_falls_back_and_is_kept_aside(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  for step in (1, 2):
+    checkpointer.save(step, _state(step))
+    checkpointer.wait_until_finished()
+  for path in (tmp_path / "ckpt" / "2").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  restored, step = checkpointer.restore_latest(_state(0))
+  assert step == 1 and float(restored["params"]["w"][0]) == 1.0
+  assert checkpointer.all_steps() == [1]
+  kept = list((tmp_path / "corrupt_checkpoints").iterdir())
+  assert len(kept) == 1 and kept[0].name.startswith("2-")
+  checkpointer.close()
+
+
+def test_no_checkpoint_at_all(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  assert checkpointer.restore_latest(_state(0)) == (None, None)
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoints"):
+    checkpointing.resolve_step(checkpointer, "latest")
+  checkpointer.close()
