@@ -29,8 +29,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
   """Drops records with step > last_step, atomically (write a copy, then rename)."""
-  records = [r for r in read_metrics(workdir) if r["step"] <= last_step]
   path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  records = [r for r in read_metrics(workdir) if r["step"] <= last_step]
   with open(path + ".tmp", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
   os.replace(path + ".tmp", path)

@@ -244,11 +244,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       os.path.join(workdir, "checkpoints"), keep_latest=config.keep_latest_checkpoints,
       track_best=has_validation)
   restored, restored_step = checkpointer.restore_latest(state)
+  if is_chief:  # Records written after the checkpoint we continue from describe a lost future.
+    metric_logging.truncate_metrics(workdir, restored_step or 0)
   elapsed_offset = 0.0
   if restored is not None:
     state = restored
-    if is_chief:
-      metric_logging.truncate_metrics(workdir, restored_step)
     previous = metric_logging.read_metrics(workdir)
     elapsed_offset = max([r.get("elapsed_s", 0.0) for r in previous], default=0.0)
     logging.info("resumed from the checkpoint at step %d", restored_step)
