@@ -225,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_split = splits["train"]
   steps_per_epoch = train_split.num_examples // config.batch_size
   total_steps = (config.num_train_steps if config.num_train_steps != -1
-                 else config.num_epochs * steps_per_epoch)
+                 else round(config.num_epochs * steps_per_epoch))
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
   has_validation = "validation" in splits
 

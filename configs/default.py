@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation.
   config.batch_size = 128  # global, over all devices
   config.eval_batch_size = 1000
-  config.num_epochs = 3
+  config.num_epochs = 2.7  # fractional epochs are fine: steps = round(num_epochs * steps per epoch)
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch
   config.optimizer = "adamw"  # sgd | adamw
   config.learning_rate = 2e-3  # peak
