@@ -336,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      elapsed_s=elapsed())
 
       if step % eval_every == 0 or step == total_steps:
+        jax.block_until_ready(state)  # Steps still in flight count as training time, not eval time.
         eval_start = time.perf_counter()
         final_record = evaluate_save_and_record(state, step)
         progress.exclude(time.perf_counter() - eval_start)
