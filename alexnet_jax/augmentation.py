@@ -32,7 +32,16 @@ def _sample_coordinates(rng: jax.Array, height: int, width: int, *, max_translat
 def random_affine(images: jax.Array, rng: jax.Array, *, max_translate: float,
                   max_rotate_deg: float, max_scale: float) -> jax.Array:
   """Applies an independent random affine map to every image of an NHWC batch (float pixels)."""
-  batch, height, width, channels = images.shape
+  return random_affine_with_keys(images, jax.random.split(rng, images.shape[0]),
+                                 max_translate=max_translate, max_rotate_deg=max_rotate_deg,
+                                 max_scale=max_scale)
+
+
+def random_affine_with_keys(images: jax.Array, keys: jax.Array, *, max_translate: float,
+                            max_rotate_deg: float, max_scale: float) -> jax.Array:
+  """As `random_affine`, with one key per image given: a device can augment its slice of a global
+  batch exactly as the whole batch would be augmented in one place."""
+  _, height, width, channels = images.shape
 
   def one(image: jax.Array, key: jax.Array) -> jax.Array:
     coords = _sample_coordinates(key, height, width, max_translate=max_translate,
@@ -43,4 +52,4 @@ def random_affine(images: jax.Array, rng: jax.Array, *, max_translate: float,
     ]
     return jnp.stack(channel_maps, axis=-1)
 
-  return jax.vmap(one)(images, jax.random.split(rng, batch))
+  return jax.vmap(one)(images, keys)

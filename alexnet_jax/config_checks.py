@@ -12,7 +12,7 @@ from alexnet_jax import models
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "step", "onecycle")
-PARALLELISMS = ("jit",)
+PARALLELISMS = ("jit", "pmap")
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,7 @@ def _check_positive(config: Any, field: str, allow_zero: bool = False) -> None:
   _require(ok, field, value, "must be >= 0" if allow_zero else "must be > 0")
 
 
-def validate_config(config: Any, num_devices: int = 1) -> None:
+def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -> None:
   """Raises ConfigError naming the first field that holds an unusable value."""
   _check_choice(config, "model.variant", models.VARIANTS)
   _check_choice(config, "model.activation", models.ACTIVATIONS)
@@ -81,3 +81,11 @@ def validate_config(config: Any, num_devices: int = 1) -> None:
   for field in ("batch_size", "eval_batch_size"):
     _require(_get(config, field) % num_devices == 0, field, _get(config, field),
              f"must be divisible by the number of devices ({num_devices})")
+  _check_positive(config, "data.num_shards", allow_zero=True)
+  num_shards = config.data.num_shards or num_processes
+  _require(num_shards % num_processes == 0, "data.num_shards", config.data.num_shards,
+           f"must be a multiple of the number of processes ({num_processes})")
+  _require(config.batch_size % num_shards == 0, "batch_size", config.batch_size,
+           f"must be divisible by data.num_shards ({num_shards})")
+  _require(config.parallelism != "pmap" or num_processes == 1, "parallelism", config.parallelism,
+           "pmap runs on one process; use jit across processes")

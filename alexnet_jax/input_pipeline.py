@@ -127,11 +127,11 @@ def _read_split(builder, split: str) -> dict[str, np.ndarray]:
                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def pad_to_multiple(images: np.ndarray, labels: np.ndarray, multiple: int
+def pad_to_multiple(images: np.ndarray, labels: np.ndarray, multiple: int, min_length: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Appends zero examples with mask 0 so that the count divides `multiple`."""
+  """Appends zero examples with mask 0 so that the count divides `multiple` (and is >= min_length)."""
   count = images.shape[0]
-  padded = -(-count // multiple) * multiple
+  padded = -(-max(count, min_length) // multiple) * multiple
   mask = np.zeros((padded,), np.float32)
   mask[:count] = 1.0
   images = np.concatenate([images, np.zeros((padded - count, *images.shape[1:]), images.dtype)])
@@ -140,9 +140,9 @@ def pad_to_multiple(images: np.ndarray, labels: np.ndarray, multiple: int
 
 
 def make_split(images: np.ndarray, labels: np.ndarray, pad_multiple: int = 1,
-               sharding: jax.sharding.Sharding | None = None) -> Split:
+               sharding: jax.sharding.Sharding | None = None, min_length: int = 0) -> Split:
   """Puts one split on the device(s), padded and masked to a multiple of `pad_multiple`."""
-  images, labels, mask = pad_to_multiple(images, labels.astype(np.int32), pad_multiple)
+  images, labels, mask = pad_to_multiple(images, labels.astype(np.int32), pad_multiple, min_length)
   return Split(*(jax.device_put(a, sharding) for a in (images, labels, mask)))
 
 
@@ -157,15 +157,56 @@ def split_names(validation_size: int) -> dict[str, str]:
   return names
 
 
-def load_mnist(data_config, eval_batch_size: int,
-               sharding: jax.sharding.Sharding | None = None) -> dict[str, Split]:
-  """Reads train (unpadded), validation and test (padded to `eval_batch_size`) into memory."""
+@dataclasses.dataclass(frozen=True)
+class DataLayout:
+  """How the data is cut across processes, so that each process reads only its own share.
+
+  The training split is cut into `num_shards` contiguous shares (`tfds.even_splits`), each with its own
+  per-epoch order; process p holds shards [p * k, (p + 1) * k) with k = num_shards / process_count, and
+  every global batch takes batch_size / num_shards examples from each shard. The global batch therefore
+  depends on `num_shards`, not on how many processes or devices there are: one process with
+  `num_shards=2` trains on exactly the batches that two processes do. Validation and test are cut into one
+  share per process; every share is padded to the same number of batches and masked.
+  """
+
+  num_shards: int = 1
+  process_index: int = 0
+  process_count: int = 1
+
+  @property
+  def local_shards(self) -> range:
+    per_process = self.num_shards // self.process_count
+    return range(self.process_index * per_process, (self.process_index + 1) * per_process)
+
+
+def _even_split(split: str, n: int, index: int) -> str:
+  if n == 1:
+    return split
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+
+  return tfds.even_splits(split, n)[index]
+
+
+def load_mnist(data_config, eval_batch_size: int, sharding: jax.sharding.Sharding | None = None,
+               layout: DataLayout = DataLayout()) -> dict[str, Split | list[Split]]:
+  """This process's data in memory: `train` is a list of its training shards (unpadded);
+  `validation` and `test` are its shares, padded to whole batches of eval_batch_size / processes."""
   builder = mnist_builder(data_config.data_dir, data_config.manual_dir)
-  splits = {}
-  for name, tfds_split in split_names(data_config.validation_size).items():
-    arrays = _read_split(builder, tfds_split)
-    multiple = 1 if name == "train" else eval_batch_size
-    splits[name] = make_split(arrays["image"], arrays["label"], multiple, sharding)
+  names = split_names(data_config.validation_size)
+  splits: dict[str, Split | list[Split]] = {"train": []}
+  for shard in layout.local_shards:
+    arrays = _read_split(builder, _even_split(names["train"], layout.num_shards, shard))
+    splits["train"].append(make_split(arrays["image"], arrays["label"], 1, sharding))
+  local_batch = eval_batch_size // layout.process_count
+  for name in ("validation", "test"):
+    if name not in names:
+      continue
+    # Every process runs the same number of eval batches, sized by the largest share.
+    largest_share = -(-builder.info.splits[names[name]].num_examples // layout.process_count)
+    arrays = _read_split(builder, _even_split(names[name], layout.process_count,
+                                              layout.process_index))
+    splits[name] = make_split(arrays["image"], arrays["label"], local_batch, sharding,
+                              min_length=largest_share)
   return splits
 
 
@@ -179,11 +220,25 @@ def epoch_permutation(rng: jax.Array, epoch: int | jax.Array, num_examples: int)
   return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
 
 
+def shard_rng(data_rng: jax.Array, shard: int, num_shards: int) -> jax.Array:
+  """Each training shard's own order stream (the whole split's, when there is one shard)."""
+  return data_rng if num_shards == 1 else jax.random.fold_in(data_rng, shard)
+
+
 def take_batch(images: jax.Array, labels: jax.Array, permutation: jax.Array, index: jax.Array,
                batch_size: int) -> dict[str, jax.Array]:
   """The `index`-th batch of an epoch, gathered on device. Jit with `batch_size` static."""
   ids = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size, batch_size)
   return {"image": images[ids], "label": labels[ids]}
+
+
+def take_local_batch(shards: tuple[tuple[jax.Array, jax.Array], ...],
+                     permutations: tuple[jax.Array, ...], index: jax.Array, batch_size: int
+                     ) -> dict[str, jax.Array]:
+  """This process's part of the global batch: `batch_size` examples from each of its shards."""
+  parts = [take_batch(images, labels, permutation, index, batch_size)
+           for (images, labels), permutation in zip(shards, permutations, strict=True)]
+  return {key: jnp.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def eval_batches(split: Split, batch_size: int):

@@ -1,11 +1,14 @@
 """Command line: `python -m alexnet_jax.main --config configs/default.py --workdir runs/x [--config.F=V]`.
 
-Running the same command on the same workdir resumes from its latest checkpoint.
+Running the same command on the same workdir resumes from its latest checkpoint. Past one machine, add
+`--distributed` (JAX detects TPU pods, SLURM and other clusters by itself) or give the coordinator
+explicitly: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process.
 """
 
 import logging as pylogging
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,7 +18,24 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize(): auto-detected on TPU pods, SLURM, ...")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "How many processes in all (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  """JAX's own distributed runtime; nothing else launches or connects the processes."""
+  if not (FLAGS.distributed or FLAGS.coordinator_address):
+    return
+  # CPU processes exchange gradients through gloo; accelerators keep their own collectives.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 class _LibraryChatterFilter(pylogging.Filter):
@@ -29,6 +49,7 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryChatterFilter())
+  _initialize_distributed()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (config_checks.ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,

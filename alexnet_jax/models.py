@@ -99,6 +99,8 @@ class AlexNet(nn.Module):
   width_multiplier: float = 1.0
   dense_width: int | None = None  # None: the variant's own (1024 for mnist, 4096 for original).
   dtype: Any = jnp.float32
+  # Under pmap, the device axis to average batch statistics over (jit needs none: its batch is global).
+  batch_norm_axis_name: str | None = None
 
   def conv_specs(self) -> Sequence[ConvSpec]:
     specs = ORIGINAL_CONVS if self.variant == "original" else MNIST_CONVS
@@ -129,7 +131,7 @@ class AlexNet(nn.Module):
                   dtype=self.dtype, name=f"conv{i}")(x)
       if self.normalization == "batchnorm":
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         name=f"bn{i}")(x)
+                         axis_name=self.batch_norm_axis_name, name=f"bn{i}")(x)
       x = self._activate(x)
       if self.normalization == "lrn" and spec.lrn_after:
         x = LocalResponseNorm(name=f"lrn{i}")(x)
@@ -146,7 +148,7 @@ class AlexNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def create_model(model_config: Any) -> AlexNet:
+def create_model(model_config: Any, batch_norm_axis_name: str | None = None) -> AlexNet:
   """Builds the network from ``config.model``."""
   return AlexNet(
       variant=model_config.variant,
@@ -157,6 +159,7 @@ def create_model(model_config: Any) -> AlexNet:
       dropout_rate=model_config.dropout_rate,
       width_multiplier=model_config.width_multiplier,
       dense_width=model_config.dense_width or None,
+      batch_norm_axis_name=batch_norm_axis_name,
   )
 
 

@@ -37,7 +37,7 @@ from alexnet_jax import (
     metric_logging,
     models,
     optimizers,
-    sharding,
+    parallel,
 )
 
 # Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, the shell's way).
@@ -97,16 +97,35 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def _per_example_keys(rng: jax.Array, local_batch: int, axis_name: str | None) -> jax.Array:
+  """One key per example of the global batch, this device's slice of them under pmap, so that an
+  example is augmented the same way whichever device holds it."""
+  if axis_name is None:
+    return jax.random.split(rng, local_batch)
+  devices = jax.lax.psum(1, axis_name)
+  keys = jax.random.split(rng, local_batch * devices)
+  return jax.lax.dynamic_slice_in_dim(keys, jax.lax.axis_index(axis_name) * local_batch, local_batch)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
-               options: StepOptions) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on a batch of uint8 images; returns the new state and batch-mean loss/accuracy."""
+               options: StepOptions, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on a batch of uint8 images; returns the new state and batch-mean loss/accuracy.
+
+  Under `jax.jit` the batch is the global one and XLA derives the gradient all-reduce from the
+  shardings. Under `jax.pmap(..., axis_name=A)` each device sees its slice; pass `axis_name=A` and the
+  gradients, metrics and batch statistics are averaged over the devices explicitly (`pmean`).
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   augment_rng, dropout_rng = jax.random.split(step_rng)
   images = batch["image"].astype(jnp.float32)
   if options.augment:
-    images = augmentation.random_affine(
-        images, augment_rng, max_translate=options.max_translate,
+    keys = _per_example_keys(augment_rng, images.shape[0], axis_name)
+    images = augmentation.random_affine_with_keys(
+        images, keys, max_translate=options.max_translate,
         max_rotate_deg=options.max_rotate, max_scale=options.max_scale)
+  if axis_name is not None:  # Flax draws dropout masks per device: give each device its own key.
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   images = input_pipeline.normalize(images)
   uses_batch_stats = bool(state.batch_stats)
 
@@ -122,21 +141,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return state, {"loss": loss, "accuracy": accuracy}
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+  if axis_name is not None:
+    grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Masked sums over one batch: padding examples (mask 0) count for nothing."""
+def eval_step(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None
+              ) -> dict[str, jax.Array]:
+  """Masked sums over one batch: padding examples (mask 0) count for nothing.
+
+  Under pmap, pass `axis_name` and the sums are totalled over the devices (`psum`).
+  """
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   logits = state.apply_fn(variables, input_pipeline.normalize(batch["image"]), train=False)
   mask = batch["mask"]
-  return {
+  sums = {
       "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
       "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
       "count": jnp.sum(mask),
   }
+  return sums if axis_name is None else jax.lax.psum(sums, axis_name)
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -148,13 +173,12 @@ def all_finite(tree: Any) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------
 
 
-def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int,
-             batch_sharding: jax.sharding.Sharding | None = None) -> dict[str, float]:
+def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
+             ) -> dict[str, float]:
   """Loss, accuracy and the exact number of examples counted over a whole split."""
   totals = None
   for batch in input_pipeline.eval_batches(split, batch_size):
-    # Each device evaluates its own slice of the batch.
-    sums = eval_fn(state, jax.device_put(batch, batch_sharding) if batch_sharding else batch)
+    sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
@@ -211,19 +235,30 @@ class _PreemptionFlag:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir` and returns its final record."""
   # --- Config, devices, output directory ------------------------------------------------------------
-  config_checks.validate_config(config, num_devices=jax.device_count())
+  config_checks.validate_config(config, num_devices=jax.device_count(),
+                                num_processes=jax.process_count())
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_chief:
     _write_config(config, workdir)
-  mesh = sharding.create_mesh()
-  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  logging.info("devices: %d x %s", jax.device_count(), jax.devices()[0].device_kind)
+  mesh = parallel.create_mesh()
+  replicated = parallel.replicated(mesh)
+  strategy = parallel.create_strategy(config.parallelism, mesh)
+  logging.info("devices: %d x %s, data-parallel by %s", jax.device_count(),
+               jax.devices()[0].device_kind, strategy.name)
 
   # --- Data ----------------------------------------------------------------------------------------
-  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size, sharding=replicated)
-  train_split = splits["train"]
-  steps_per_epoch = train_split.num_examples // config.batch_size
+  layout = input_pipeline.DataLayout(num_shards=config.data.num_shards or jax.process_count(),
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  # Each process keeps its own share on its own devices.
+  local_replicated = parallel.replicated(parallel.create_mesh(jax.local_devices()))
+  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size, local_replicated, layout)
+  train_shards = splits["train"]
+  shard_batch_size = config.batch_size // layout.num_shards
+  # tfds.even_splits gives the remainder to the first shards: the last shard is the smallest.
+  smallest_shard = (input_pipeline.MNIST_TRAIN_SIZE - config.data.validation_size) // layout.num_shards
+  steps_per_epoch = smallest_shard // shard_batch_size
   total_steps = (config.num_train_steps if config.num_train_steps != -1
                  else round(config.num_epochs * steps_per_epoch))
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
@@ -232,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- Model, optimizer, state ---------------------------------------------------------------------
   root_rng = jax.random.key(config.seed)
   init_rng, train_rng, data_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name)
   optimizer = optimizers.create_optimizer(config, total_steps)
   schedule = optimizers.create_schedule(config, total_steps)
   state = jax.jit(functools.partial(create_train_state, model, optimizer),
@@ -257,25 +292,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpointer.close()
       return previous[-1]
 
+  state = strategy.place_state(state)
+
   # --- Compiled functions --------------------------------------------------------------------------
-  step_options = StepOptions.from_config(config)
-  train_fn = jax.jit(functools.partial(train_step, options=step_options),
-                     in_shardings=(replicated, batch_sharded, replicated),
-                     out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(eval_step, in_shardings=(replicated, batch_sharded), out_shardings=replicated)
-  take_fn = jax.jit(input_pipeline.take_batch, static_argnames="batch_size",
-                    out_shardings=batch_sharded)
+  train_fn = strategy.compile_train(
+      functools.partial(train_step, options=StepOptions.from_config(config)))
+  eval_fn = strategy.compile_eval(eval_step)
+  take_fn = jax.jit(input_pipeline.take_local_batch, static_argnames="batch_size")
   permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
-                           out_shardings=replicated)
+                           out_shardings=local_replicated)
+  shard_arrays = tuple((shard.images, shard.labels) for shard in train_shards)
   finite_fn = jax.jit(all_finite)
 
   # --- Training loop -------------------------------------------------------------------------------
   writer = metric_logging.MetricWriter(workdir, enabled=is_chief)
-  step = int(state.step)
+  step = int(strategy.host_state(state).step)
   progress = metric_logging.ProgressLine(total_steps, config.batch_size, first_step=step)
   preemption = _PreemptionFlag()
   start_time = time.perf_counter()
-  pending_metrics, permutation, permutation_epoch = [], None, None
+  pending_metrics, permutations, permutation_epoch = [], None, None
   last_good_step = checkpointer.latest_step()
 
   def elapsed() -> float:
@@ -283,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def save(state, val_accuracy=None):
     nonlocal last_good_step
+    state = strategy.host_state(state)
     if not bool(finite_fn(state.params)):
       raise NonFiniteLossError(
           f"parameters became non-finite by step {int(state.step)}; last good checkpoint: step "
@@ -296,11 +332,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         n == "validation" or config.eval_test_during_training or step == total_steps)]
     for name in eval_names:
       prefix = "val" if name == "validation" else name
-      result = evaluate(eval_fn, state, splits[name], config.eval_batch_size, batch_sharded)
+      result = evaluate(eval_fn, state, splits[name], config.eval_batch_size)
       record.update({f"{prefix}_{k}": v for k, v in result.items()})
     save(state, record.get("val_accuracy"))
     if step == total_steps:
-      record["params_sha256"] = fingerprint.params_sha256(state.params)
+      record["params_sha256"] = fingerprint.params_sha256(strategy.host_state(state).params)
     record["elapsed_s"] = elapsed()
     logging.info("step %d  %s", step, "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
@@ -312,11 +348,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     while step < total_steps:
       epoch, index = divmod(step, steps_per_epoch)
       if permutation_epoch != epoch:
-        permutation = permutation_fn(data_rng, epoch, train_split.num_examples)
+        permutations = tuple(
+            permutation_fn(input_pipeline.shard_rng(data_rng, shard_id, layout.num_shards), epoch,
+                           shard.num_examples)
+            for shard_id, shard in zip(layout.local_shards, train_shards, strict=True))
         permutation_epoch = epoch
-      batch = take_fn(train_split.images, train_split.labels, permutation, index,
-                      batch_size=config.batch_size)
-      state, metrics = train_fn(state, batch, train_rng)
+      batch = take_fn(shard_arrays, permutations, index, batch_size=shard_batch_size)
+      state, metrics = train_fn(state, strategy.shard_batch(batch), train_rng)
       pending_metrics.append(metrics)
       step += 1
       epoch_float = step / steps_per_epoch

@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # "": TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   config.data.manual_dir = ""  # "": TFDS's default (<data_dir>/downloads/manual)
   config.data.validation_size = 5000  # held out from the end of the train split
+  # Training shards, each with its own order; 0: one per process (see input_pipeline.DataLayout).
+  config.data.num_shards = 0
   config.data.augment = True
   config.data.max_translate = 2.0  # pixels
   config.data.max_rotate = 10.0  # degrees
@@ -51,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_clip_norm = 0.0  # 0: no clipping
 
   # Loop, evaluation, checkpoints, logging.
-  config.parallelism = "jit"  # one jax.jit step, data-parallel over a Mesh of every device
+  config.parallelism = "jit"  # jit: one step over a Mesh of every device | pmap: the classic form
   config.eval_every_steps = -1  # -1: once per epoch
   config.eval_test_during_training = False  # the test split is evaluated at the end in any case
   config.checkpoint_every_steps = 500

@@ -37,6 +37,7 @@ def test_shipped_configs_are_valid(get_config):
     ("eval_every_steps", 0),
     ("keep_latest_checkpoints", 0),
     ("parallelism", "tpu_magic"),
+    ("data.num_shards", -2),
 ])
 def test_bad_value_names_the_field(field, value):
   config = default.get_config()
@@ -64,6 +65,23 @@ def test_batch_must_divide_over_devices():
   config_checks.validate_config(config, num_devices=2)
   with pytest.raises(config_checks.ConfigError, match=r"config\.batch_size=130: .*4"):
     config_checks.validate_config(config, num_devices=4)
+
+
+def test_data_shards_must_fit_processes_and_batch():
+  config = default.get_config()
+  config_checks.validate_config(config, num_devices=2, num_processes=2)
+  config.data.num_shards = 3
+  with pytest.raises(config_checks.ConfigError, match=r"config\.data\.num_shards=3: .*processes \(2\)"):
+    config_checks.validate_config(config, num_devices=2, num_processes=2)
+  config.data.num_shards = 4
+  config.batch_size = 130
+  with pytest.raises(config_checks.ConfigError, match=r"config\.batch_size=130: .*num_shards \(4\)"):
+    config_checks.validate_config(config, num_devices=2, num_processes=1)
+  config.data.num_shards = 0
+  config.batch_size = 128
+  config.parallelism = "pmap"
+  with pytest.raises(config_checks.ConfigError, match=r"config\.parallelism='pmap': .*one process"):
+    config_checks.validate_config(config, num_devices=2, num_processes=2)
 
 
 def test_cli_rejects_bad_value_in_one_line_before_any_compute(tmp_path):

@@ -50,12 +50,31 @@ def test_real_mnist_splits(mnist_data_dir):
   data = ml_collections.ConfigDict({"data_dir": mnist_data_dir, "manual_dir": "",
                                     "validation_size": 5000})
   splits = input_pipeline.load_mnist(data, eval_batch_size=3000)
-  assert splits["train"].num_examples == 55000
+  assert [shard.num_examples for shard in splits["train"]] == [55000]
   assert float(splits["validation"].mask.sum()) == 5000
   assert float(splits["test"].mask.sum()) == 10000 and splits["test"].num_examples == 12000
   labels = np.asarray(splits["test"].labels[:10000])
   assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-  assert splits["train"].images.dtype == jnp.uint8 and splits["train"].images.shape[1:] == (28, 28, 1)
+  train = splits["train"][0]
+  assert train.images.dtype == jnp.uint8 and train.images.shape[1:] == (28, 28, 1)
+
+
+def test_each_process_reads_only_its_share(mnist_data_dir):
+  data = ml_collections.ConfigDict({"data_dir": mnist_data_dir, "manual_dir": "",
+                                    "validation_size": 5000})
+  whole = input_pipeline.load_mnist(data, eval_batch_size=600,
+                                    layout=input_pipeline.DataLayout(num_shards=2))
+  shares = [input_pipeline.load_mnist(data, eval_batch_size=600, layout=input_pipeline.DataLayout(
+      num_shards=2, process_index=p, process_count=2)) for p in (0, 1)]
+  assert [s.num_examples for s in whole["train"]] == [27500, 27500]
+  for p in (0, 1):
+    (own,) = shares[p]["train"]
+    assert jnp.array_equal(own.labels, whole["train"][p].labels)
+  # Test: each process holds half, padded to the same number of 300-image batches.
+  assert [s["test"].num_examples for s in shares] == [5100, 5100]
+  assert sum(float(s["test"].mask.sum()) for s in shares) == 10000
+  together = np.concatenate([np.asarray(s["test"].labels)[np.asarray(s["test"].mask) > 0] for s in shares])
+  assert np.array_equal(np.sort(together), np.sort(np.asarray(whole["test"].labels)[:10000]))
 
 
 def test_missing_data_without_network_fails_fast(tmp_path, monkeypatch):

@@ -1,0 +1,89 @@
+"""Two processes on localhost through jax.distributed (CPU, gloo) train like one process with two
+devices on the same global batches, and resume together from their checkpoint after being killed."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from alexnet_jax import metric_logging
+from tests.conftest import REPO_ROOT
+
+STEPS = 40
+OVERRIDES = (f"--config.num_train_steps={STEPS}", "--config.eval_every_steps=20",
+             "--config.checkpoint_every_steps=10", "--config.log_every_steps=10",
+             "--config.data.num_shards=2")
+LOSS_RTOL = 1e-4
+ACCURACY_ATOL = 0.0005
+
+
+def _command(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "alexnet_jax.main", "--config", "configs/smoke.py",
+          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *OVERRIDES, *extra]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start_pair(workdir, data_dir) -> list[subprocess.Popen]:
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return [subprocess.Popen(
+      _command(workdir, data_dir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+               f"--process_id={i}"),
+      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+
+
+def _saved_steps(workdir) -> list[int]:
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def _losses(records):
+  return np.array([r["train_loss"] for r in records if "train_loss" in r])
+
+
+def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, mnist_data_dir):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  single = subprocess.run(_command(tmp_path / "single", mnist_data_dir), cwd=REPO_ROOT, env=env,
+                          capture_output=True, check=False, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  expected = metric_logging.read_metrics(str(tmp_path / "single"))
+
+  # Two processes, killed together once a checkpoint past the middle is on disk ...
+  workdir = tmp_path / "pair"
+  processes = _start_pair(workdir, mnist_data_dir)
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+    if any(step >= STEPS // 2 for step in _saved_steps(workdir)):
+      break
+    time.sleep(0.05)
+  for process in processes:
+    if process.poll() is None:
+      process.send_signal(signal.SIGKILL)
+  outputs = [p.communicate(timeout=120)[0] for p in processes]
+  assert all(p.returncode == -signal.SIGKILL for p in processes), outputs[0][-3000:]
+  assert "process 1 of 2" in outputs[1]
+
+  # ... then started again: they resume from the checkpoint and finish.
+  processes = _start_pair(workdir, mnist_data_dir)
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
+  assert "resumed from the checkpoint at step" in outputs[0]
+  records = metric_logging.read_metrics(str(workdir))
+  np.testing.assert_allclose(_losses(records), _losses(expected), rtol=LOSS_RTOL)
+  final, reference = records[-1], expected[-1]
+  assert final["test_count"] == 10000 and final["val_count"] == 5000
+  for key in ("val_accuracy", "test_accuracy"):
+    assert abs(final[key] - reference[key]) <= ACCURACY_ATOL, (key, final[key], reference[key])
