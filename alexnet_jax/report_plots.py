@@ -1,0 +1,118 @@
+"""The pictures and the markdown page of an evaluation report (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display on servers or in CI.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MISCLASSIFIED_SHOWN = 24
+
+
+def confusion_matrix_plot(path: str, confusion: np.ndarray) -> None:
+  fig, ax = plt.subplots(figsize=(7, 6))
+  image = ax.imshow(np.log1p(confusion), cmap="Blues")
+  for (t, p), count in np.ndenumerate(confusion):
+    ax.text(p, t, str(count), ha="center", va="center", fontsize=7,
+            color="white" if confusion[t, p] > confusion.max() / 2 else "black")
+  ax.set(xlabel="predicted", ylabel="true", xticks=range(len(confusion)), yticks=range(len(confusion)),
+         title="Confusion matrix (colour: log(1 + count))")
+  fig.colorbar(image, ax=ax)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def per_class_plot(path: str, per_class: dict[str, list[float]]) -> None:
+  classes = np.arange(len(per_class["precision"]))
+  fig, ax = plt.subplots(figsize=(8, 4))
+  ax.bar(classes - 0.2, per_class["precision"], width=0.4, label="precision")
+  ax.bar(classes + 0.2, per_class["recall"], width=0.4, label="recall")
+  low = min(*per_class["precision"], *per_class["recall"])
+  ax.set(xlabel="digit", xticks=classes, ylim=(max(0.0, low - 0.02), 1.0),
+         title="Precision and recall per class")
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def learning_curves_plot(path: str, records: list[dict[str, Any]]) -> None:
+  fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  for prefix, style in (("train", "-"), ("val", "o-"), ("test", "s")):
+    points = [r for r in records if f"{prefix}_loss" in r]
+    if not points:
+      continue
+    steps = [r["step"] for r in points]
+    loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in points], style, label=prefix)
+    accuracy_ax.plot(steps, [r[f"{prefix}_accuracy"] for r in points], style, label=prefix)
+  loss_ax.set(xlabel="step", ylabel="loss", yscale="log",
+              title="Loss (train: as optimised, label smoothing included)")
+  accuracy_ax.set(xlabel="step", ylabel="accuracy", title="Accuracy")
+  for ax in (loss_ax, accuracy_ax):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def misclassified_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
+                       images: np.ndarray) -> None:
+  """The most confident mistakes, with true label, prediction and its probability."""
+  predictions = probabilities.argmax(axis=1)
+  wrong = np.flatnonzero(predictions != labels)
+  wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]])][:MISCLASSIFIED_SHOWN]
+  columns = 8
+  rows = max(1, -(-len(wrong) // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.6), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, i in zip(axes.flat, wrong, strict=False):
+    ax.imshow(images[i, :, :, 0], cmap="gray_r")
+    ax.set_title(f"true {labels[i]}\npred {predictions[i]} ({probabilities[i, predictions[i]]:.2f})",
+                 fontsize=7)
+  fig.suptitle(f"Most confident mistakes ({len(np.flatnonzero(predictions != labels))} in all)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_all(report_dir: str, metrics: dict[str, Any], records: list[dict[str, Any]], *,
+              probabilities: np.ndarray, labels: np.ndarray, images: np.ndarray) -> None:
+  confusion_matrix_plot(os.path.join(report_dir, "confusion_matrix.png"),
+                        np.asarray(metrics["confusion_matrix"]))
+  per_class_plot(os.path.join(report_dir, "per_class.png"), metrics["per_class"])
+  learning_curves_plot(os.path.join(report_dir, "learning_curves.png"), records)
+  misclassified_plot(os.path.join(report_dir, "misclassified.png"), probabilities, labels, images)
+
+
+def write_markdown(report_dir: str, metrics: dict[str, Any]) -> None:
+  per_class = metrics["per_class"]
+  lines = [
+      f"# Evaluation: {metrics['split']} split, checkpoint step {metrics['checkpoint_step']}",
+      "",
+      f"- accuracy **{100 * metrics['accuracy']:.2f}%** over {metrics['count']:,} images; "
+      f"loss {metrics['loss']:.4f}",
+      f"- macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['recall']:.4f}, "
+      f"F1 {metrics['macro']['f1']:.4f}",
+      f"- expected calibration error {metrics['expected_calibration_error']:.4f}",
+      "",
+      "| digit | precision | recall | F1 | support |",
+      "|---:|---:|---:|---:|---:|",
+  ]
+  for k in range(len(per_class["precision"])):
+    lines.append(f"| {k} | {per_class['precision'][k]:.4f} | {per_class['recall'][k]:.4f} | "
+                 f"{per_class['f1'][k]:.4f} | {per_class['support'][k]} |")
+  lines += ["", "Most confused pairs (true -> predicted):", "",
+            "| true | predicted | count |", "|---:|---:|---:|"]
+  lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in metrics["most_confused"]]
+  lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![per class](per_class.png)", "",
+            "![learning curves](learning_curves.png)", "", "![misclassified](misclassified.png)", ""]
+  with open(os.path.join(report_dir, "report.md"), "w") as f:
+    f.write("\n".join(lines))

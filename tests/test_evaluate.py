@@ -1,0 +1,42 @@
+"""The evaluation report of a tiny run: files, counts, and the accuracy training logged."""
+
+import json
+
+import pytest
+
+from alexnet_jax import checkpointing, evaluate, metric_logging, train
+from configs import smoke
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, mnist_data_dir):
+  config = smoke.get_config()
+  config.data.data_dir = mnist_data_dir
+  workdir = tmp_path_factory.mktemp("evaluate") / "run"
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def test_report_files_and_accuracy_equal_to_training(finished_run):
+  metrics = evaluate.evaluate_run(str(finished_run), "latest", "test")
+  logged = metric_logging.read_metrics(str(finished_run))[-1]
+  assert metrics["count"] == 10000 == logged["test_count"]
+  assert metrics["accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-9)
+  assert metrics["loss"] == pytest.approx(logged["test_loss"], rel=1e-4)
+  report = finished_run / "report"
+  for name in ("metrics.json", "confusion_matrix.png", "per_class.png", "learning_curves.png",
+               "misclassified.png", "report.md"):
+    assert (report / name).stat().st_size > 0, name
+  saved = json.loads((report / "metrics.json").read_text())
+  assert sum(map(sum, saved["confusion_matrix"])) == 10000
+  assert "confusion_matrix.png" in (report / "report.md").read_text()
+
+
+def test_best_checkpoint_on_validation(finished_run):
+  metrics = evaluate.evaluate_run(str(finished_run), "best", "validation")
+  assert metrics["count"] == 5000 and metrics["split"] == "validation"
+
+
+def test_missing_checkpoint_is_named(finished_run):
+  with pytest.raises(checkpointing.CheckpointError, match="checkpoint '7' not found"):
+    evaluate.evaluate_run(str(finished_run), "7", "test")
