@@ -14,6 +14,7 @@ import shutil
 import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -26,8 +27,6 @@ class CheckpointError(RuntimeError):
 
 def abstract_like(state: Any) -> Any:
   """The restore target: shapes, dtypes and shardings of `state`, no data."""
-  import jax  # noqa: PLC0415
-
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 

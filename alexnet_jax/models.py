@@ -59,6 +59,8 @@ MNIST_CONVS = (
     ConvSpec(256, 3),
     ConvSpec(256, 3, pool_after=True),
 )
+# What every variant is fed: MNIST's 28x28x1 (`original` resizes inside the model).
+INPUT_SHAPE = (28, 28, 1)
 ORIGINAL_INPUT_SIZE = 227
 ORIGINAL_DENSE_WIDTH = 4096
 MNIST_DENSE_WIDTH = 1024
@@ -161,9 +163,3 @@ def create_model(model_config: Any, batch_norm_axis_name: str | None = None) -> 
       dense_width=model_config.dense_width or None,
       batch_norm_axis_name=batch_norm_axis_name,
   )
-
-
-def input_shape(model_config: Any) -> tuple[int, int, int]:
-  """Per-example input shape the network is fed (MNIST's; `original` resizes inside)."""
-  del model_config
-  return (28, 28, 1)

@@ -45,7 +45,7 @@ def _taps_inside(side_in: int, side_out: int, kernel: int, stride: int, padding:
 def layer_table(model: models.AlexNet) -> list[LayerRow]:
   """One row per layer, in order, for one 28x28x1 image."""
   variables = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, 28, 28, 1)),
+      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, *models.INPUT_SHAPE)),
       train=False))
   params = variables["params"]
 
@@ -55,7 +55,7 @@ def layer_table(model: models.AlexNet) -> list[LayerRow]:
     return layer_params + (sum(x.size for x in jax.tree.leaves(params[bn])) if bn in params else 0)
 
   rows = []
-  side = models.ORIGINAL_INPUT_SIZE if model.variant == "original" else 28
+  side = models.ORIGINAL_INPUT_SIZE if model.variant == "original" else models.INPUT_SHAPE[0]
   channels = 1
   if model.variant == "original":
     rows.append(LayerRow("resize", (side, side, 1), 0, 0, 0))

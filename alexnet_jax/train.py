@@ -83,7 +83,7 @@ class StepOptions:
 
 def create_train_state(model: models.AlexNet, optimizer: optax.GradientTransformation,
                        rng: jax.Array) -> TrainState:
-  dummy = jnp.zeros((1, *models.input_shape(None)), jnp.float32)
+  dummy = jnp.zeros((1, *models.INPUT_SHAPE), jnp.float32)
   variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
                            batch_stats=variables.get("batch_stats", {}))

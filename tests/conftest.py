@@ -11,8 +11,7 @@ from alexnet_jax import input_pipeline
 from configs import smoke
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_FILES = input_pipeline.MNIST_FILES
 
 
 def _mnist_manual_dir() -> pathlib.Path:
