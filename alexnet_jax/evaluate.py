@@ -52,9 +52,8 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, which: str
     checkpointer.close()
 
 
-def predict_probabilities(state: train.TrainState, split: input_pipeline.Split, batch_size: int
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Softmax probabilities, labels and images of every real (unmasked) example of the split."""
+def probability_fn(state: train.TrainState):
+  """A jitted function: uint8 images (N, 28, 28, 1) -> softmax probabilities (N, classes)."""
 
   @jax.jit
   def probabilities(images):
@@ -62,6 +61,13 @@ def predict_probabilities(state: train.TrainState, split: input_pipeline.Split, 
     logits = state.apply_fn(variables, input_pipeline.normalize(images), train=False)
     return jax.nn.softmax(logits)
 
+  return probabilities
+
+
+def predict_probabilities(state: train.TrainState, split: input_pipeline.Split, batch_size: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Softmax probabilities, labels and images of every real (unmasked) example of the split."""
+  probabilities = probability_fn(state)
   outputs = [probabilities(batch["image"]) for batch in input_pipeline.eval_batches(split, batch_size)]
   keep = np.asarray(split.mask) > 0
   return (np.concatenate(jax.device_get(outputs))[keep], np.asarray(split.labels)[keep],
@@ -89,9 +95,6 @@ def evaluate_run(workdir: str, which: str = "best", split_name: str = "test") ->
   return metrics
 
 
-flags.DEFINE_string("workdir", None, "A training run's workdir.")
-flags.DEFINE_string("checkpoint", "best", "best | latest | a saved step.")
-flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split to evaluate.")
 
 
 def main(argv: list[str]) -> None:
@@ -107,5 +110,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so that modules can import one another.
+  flags.DEFINE_string("workdir", None, "A training run's workdir.")
+  flags.DEFINE_string("checkpoint", "best", "best | latest | a saved step.")
+  flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split to evaluate.")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from alexnet_jax import input_pipeline
-from configs import smoke
+from alexnet_jax import input_pipeline, train
+from configs import default, smoke
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_FILES = input_pipeline.MNIST_FILES
@@ -43,3 +43,30 @@ def smoke_config(mnist_data_dir):
   config = smoke.get_config()
   config.data.data_dir = mnist_data_dir
   return config
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, mnist_data_dir) -> pathlib.Path:
+  """The workdir of one finished smoke run, shared by the tests that only read it."""
+  config = smoke.get_config()
+  config.data.data_dir = mnist_data_dir
+  workdir = tmp_path_factory.mktemp("smoke_run") / "run"
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mnist_data_dir) -> tuple[pathlib.Path, dict]:
+  """(workdir, final metrics) of a short real training run (~97%+ test accuracy, a few minutes): the
+  default recipe on a narrower network and a shorter budget, so that CI affords it."""
+  config = default.get_config()
+  config.data.data_dir = mnist_data_dir
+  config.model.width_multiplier = 0.5
+  config.model.dense_width = 512
+  config.batch_size = 64
+  config.num_train_steps = 300
+  config.eval_every_steps = 300
+  config.checkpoint_every_steps = 300
+  config.log_every_steps = 50
+  workdir = tmp_path_factory.mktemp("trained_run") / "run"
+  return workdir, train.train_and_evaluate(config, str(workdir))

@@ -4,17 +4,12 @@ import json
 
 import pytest
 
-from alexnet_jax import checkpointing, evaluate, metric_logging, train
-from configs import smoke
+from alexnet_jax import checkpointing, evaluate, metric_logging
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, mnist_data_dir):
-  config = smoke.get_config()
-  config.data.data_dir = mnist_data_dir
-  workdir = tmp_path_factory.mktemp("evaluate") / "run"
-  train.train_and_evaluate(config, str(workdir))
-  return workdir
+@pytest.fixture
+def finished_run(smoke_run):
+  return smoke_run
 
 
 def test_report_files_and_accuracy_equal_to_training(finished_run):

@@ -1,0 +1,1 @@
+"""Experiment scripts: ablation sweeps, benchmarks and checks run against trained models."""
