@@ -1,0 +1,126 @@
+"""A sweep's results: one row per run (results.csv), per-variant statistics against the baseline with
+Welch's t-test (results.md) and a plot (results.png)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+CSV_FIELDS = ("variant", "seed", "test_accuracy", "val_accuracy", "test_loss", "steps", "train_time_s",
+              "steps_to_target", "time_to_target_s", "train_images_per_s", "params", "mflops_per_image",
+              "params_sha256", "overrides", "workdir")
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+  return np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
+
+
+def welch_p_value(a: np.ndarray, b: np.ndarray) -> float:
+  """Two-sided Welch's t-test; nan where it is undefined (fewer than two runs, or no spread at all)."""
+  if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+    return math.nan
+  return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def variant_statistics(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+  """Per variant, in first-seen order: mean, std (ddof=1), min and max of the accuracies, means of the
+  costs, and the test-accuracy difference from the baseline with its Welch p-value."""
+  variants = list(dict.fromkeys(r["variant"] for r in rows))
+  by_variant = {v: [r for r in rows if r["variant"] == v] for v in variants}
+  base_test = _values(by_variant.get(baseline, []), "test_accuracy")
+  table = []
+  for variant in variants:
+    runs = by_variant[variant]
+    test, val = _values(runs, "test_accuracy"), _values(runs, "val_accuracy")
+    reached = _values(runs, "steps_to_target")
+    entry = {
+        "variant": variant, "runs": len(runs), "overrides": runs[0]["overrides"],
+        "test_mean": test.mean(), "test_std": test.std(ddof=1) if len(test) > 1 else math.nan,
+        "test_min": test.min(), "test_max": test.max(),
+        "val_mean": val.mean(), "val_std": val.std(ddof=1) if len(val) > 1 else math.nan,
+        "val_min": val.min(), "val_max": val.max(),
+        "steps_to_target_mean": reached.mean() if len(reached) else math.nan,
+        "reached_target": len(reached),
+        "time_to_target_mean": _values(runs, "time_to_target_s").mean() if len(reached) else math.nan,
+        "train_time_mean": _values(runs, "train_time_s").mean(),
+        "images_per_s_mean": _values(runs, "train_images_per_s").mean(),
+        "params": runs[0]["params"], "mflops_per_image": runs[0]["mflops_per_image"],
+    }
+    if variant != baseline and len(base_test):
+      entry["delta_test"] = entry["test_mean"] - base_test.mean()
+      entry["p_value"] = welch_p_value(test, base_test)
+    table.append(entry)
+  return table
+
+
+def _pct(x: float) -> str:
+  return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _num(x: float, fmt: str = ",.0f") -> str:
+  return "n/a" if x is None or math.isnan(x) else format(x, fmt)
+
+
+def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseline: str, *,
+             extra_overrides: list[str], seeds: list[int]) -> str:
+  lines = [
+      f"# Sweep `{sweep_name}`", "",
+      f"Seeds {seeds}; overrides applied to every run: `{' '.join(extra_overrides) or '(none)'}`. "
+      f"Accuracies in percent over all 10,000 test / all validation images (mean +- std over seeds, "
+      f"sample std). Delta: mean test accuracy minus the baseline's (`{baseline}`), in points; p: Welch's "
+      f"two-sided t-test on the per-seed test accuracies. Steps to target: first logged step whose running "
+      f"training accuracy reached {100 * target:.0f}% (runs that reached it / runs).", "",
+      "| variant | test acc | min | max | val acc | delta | p | steps to target | time to target (s) "
+      "| train time (s) | train img/s | params | MFLOPs |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for e in table:
+    delta = f"{100 * e['delta_test']:+.2f}" if "delta_test" in e else "(baseline)"
+    p = _num(e.get("p_value", math.nan), ".3f") if "delta_test" in e else ""
+    lines.append(
+        f"| `{e['variant']}` | {_pct(e['test_mean'])} +- {_pct(e['test_std'])} | {_pct(e['test_min'])} | "
+        f"{_pct(e['test_max'])} | {_pct(e['val_mean'])} +- {_pct(e['val_std'])} | {delta} | {p} | "
+        f"{_num(e['steps_to_target_mean'])} ({e['reached_target']}/{e['runs']}) | "
+        f"{_num(e['time_to_target_mean'])} | {_num(e['train_time_mean'])} | "
+        f"{_num(e['images_per_s_mean'])} | {e['params']:,} | {e['mflops_per_image']:.1f} |")
+  lines += ["", "Variants:", ""]
+  lines += [f"- `{e['variant']}`: `{e['overrides'] or '(the base config)'}`" for e in table]
+  lines += ["", "![results](results.png)", ""]
+  return "\n".join(lines)
+
+
+def plot(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]], target: float) -> None:
+  variants = [e["variant"] for e in table]
+  fig, (acc_ax, steps_ax) = plt.subplots(1, 2, figsize=(12, 0.5 * len(variants) + 2.5), sharey=True)
+  for y, variant in enumerate(variants):
+    runs = [r for r in rows if r["variant"] == variant]
+    acc_ax.plot([100 * r["test_accuracy"] for r in runs], [y] * len(runs), "o", alpha=0.6, color="C0")
+    steps = [r["steps_to_target"] for r in runs if r["steps_to_target"] is not None]
+    steps_ax.plot(steps, [y] * len(steps), "o", alpha=0.6, color="C1")
+  acc_ax.errorbar([100 * e["test_mean"] for e in table], range(len(variants)),
+                  xerr=[100 * np.nan_to_num(e["test_std"]) for e in table], fmt="|k", capsize=4)
+  acc_ax.set(yticks=range(len(variants)), yticklabels=variants, xlabel="test accuracy (%)",
+             title="Test accuracy per seed (bar: mean +- std)")
+  steps_ax.set(xlabel="steps", title=f"Steps to {100 * target:.0f}% training accuracy")
+  for ax in (acc_ax, steps_ax):
+    ax.grid(alpha=0.3)
+  acc_ax.invert_yaxis()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

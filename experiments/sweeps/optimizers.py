@@ -1,0 +1,17 @@
+"""Optimizers and schedules: the default AdamW + one-cycle against the paper's SGD with momentum.
+
+SGD uses the paper's L2 weight decay (5e-4) and Nesterov momentum 0.9.
+"""
+
+BASE_CONFIG = "configs/default.py"
+BASELINE = "adamw_onecycle"
+TARGET_TRAIN_ACCURACY = 0.95
+_SGD = {"optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 5e-4}
+VARIANTS = {
+    "adamw_onecycle": {},
+    "adamw_warmup_cosine": {"schedule": "warmup_cosine"},
+    "adamw_constant": {"schedule": "constant", "learning_rate": 1e-3},
+    "sgd_onecycle": _SGD,
+    "sgd_warmup_cosine": {**_SGD, "schedule": "warmup_cosine"},
+    "sgd_constant": {**_SGD, "schedule": "constant", "learning_rate": 0.01},
+}
