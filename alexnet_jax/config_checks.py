@@ -49,6 +49,7 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   _check_choice(config, "model.activation", models.ACTIVATIONS)
   _check_choice(config, "model.pooling", models.POOLINGS)
   _check_choice(config, "model.normalization", models.NORMALIZATIONS)
+  _check_choice(config, "model.dtype", tuple(models.COMPUTE_DTYPES))
   _check_choice(config, "optimizer", OPTIMIZERS)
   _check_choice(config, "schedule", SCHEDULES)
   _check_choice(config, "parallelism", PARALLELISMS)

@@ -30,6 +30,8 @@ VARIANTS = ("mnist", "original")
 ACTIVATIONS = ("relu", "tanh")
 POOLINGS = ("overlapping", "non_overlapping")
 NORMALIZATIONS = ("none", "lrn", "batchnorm")
+# Compute dtypes; parameters, gradients and optimizer state stay float32 (the "master weights") either way.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,5 +163,7 @@ def create_model(model_config: Any, batch_norm_axis_name: str | None = None) -> 
       dropout_rate=model_config.dropout_rate,
       width_multiplier=model_config.width_multiplier,
       dense_width=model_config.dense_width or None,
+      # Older runs' configs predate the field: they computed in float32.
+      dtype=COMPUTE_DTYPES[model_config.get("dtype", "float32")],
       batch_norm_axis_name=batch_norm_axis_name,
   )

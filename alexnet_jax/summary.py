@@ -14,7 +14,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from alexnet_jax import models
@@ -93,14 +93,13 @@ def markdown_table(rows: list[LayerRow]) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
-
-
 def main(argv: list[str]) -> None:
   del argv
-  model = models.create_model(_CONFIG.value.model)
+  model = models.create_model(flags.FLAGS.config.model)
   sys.stdout.write(f"AlexNet variant={model.variant!r}\n\n{markdown_table(layer_table(model))}\n")
 
 
 if __name__ == "__main__":
+  # Defined only when run as a program, so that other programs can import this module.
+  config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
   app.run(main)

@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.5
   config.model.width_multiplier = 1.0
   config.model.dense_width = 0  # 0: the variant's own (1024 for mnist, 4096 for original)
+  # Compute dtype: float32 | bfloat16 (parameters and optimizer state stay float32 either way).
+  config.model.dtype = "float32"
 
   # Data: TFDS `mnist`. Offline, point `manual_dir` at the four original .gz files.
   config.data = ml_collections.ConfigDict()

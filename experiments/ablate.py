@@ -21,12 +21,16 @@ from absl import app, flags
 
 from experiments import runs, sweep_results
 
-flags.DEFINE_integer("seeds", 3, "Seeds per variant: first_seed, first_seed + 1, ...")
-flags.DEFINE_integer("first_seed", 0, "The first seed.")
-flags.DEFINE_string("root", "runs/sweeps", "Where the sweep's runs and results go (ROOT/SWEEP/).")
-flags.DEFINE_integer("jobs", 1, "Trainings at a time (each uses every core it can: 1 for clean timings).")
-flags.DEFINE_bool("results_only", False, "Do not train: rebuild the results from the finished runs.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Only when run as a program: experiment modules import one another and define flags of their own."""
+  flags.DEFINE_integer("seeds", 3, "Seeds per variant: first_seed, first_seed + 1, ...")
+  flags.DEFINE_integer("first_seed", 0, "The first seed.")
+  flags.DEFINE_string("root", "runs/sweeps", "Where the sweep's runs and results go (ROOT/SWEEP/).")
+  flags.DEFINE_integer("jobs", 1, "Trainings at a time (each uses every core it can: 1 for clean timings).")
+  flags.DEFINE_bool("results_only", False, "Do not train: rebuild the results from the finished runs.")
 REQUIRED = ("BASE_CONFIG", "VARIANTS", "BASELINE", "TARGET_TRAIN_ACCURACY")
 
 
@@ -140,4 +144,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=_parse_flags)

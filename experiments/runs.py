@@ -117,13 +117,17 @@ def first_reaching(records: list[dict[str, Any]], key: str, target: float) -> di
   return next((r for r in records if r.get(key, -1.0) >= target), None)
 
 
-def summarize_run(workdir: str, target_train_accuracy: float) -> dict[str, Any]:
-  """The numbers a results table needs, read from the run's own files (metrics.jsonl, config.json)."""
+def summarize_run(workdir: str, target: float, target_metric: str = "train_accuracy") -> dict[str, Any]:
+  """The numbers a results table needs, read from the run's own files (metrics.jsonl, config.json).
+
+  Steps and time to target: the first record whose `target_metric` (train_accuracy: the running mean
+  over a logging interval; val_accuracy or test_accuracy: a full evaluation) reached `target`.
+  """
   records = metric_logging.read_metrics(workdir)
   final = records[-1]
   config = read_config(workdir)
   train_records = [r for r in records if "train_accuracy" in r]
-  reached = first_reaching(train_records, "train_accuracy", target_train_accuracy)
+  reached = first_reaching(records, target_metric, target)
   rows = summary.layer_table(models.create_model(config.model))
   # The first logged interval includes compilation: leave it out of the throughput.
   throughput = [r["images_per_s"] for r in train_records[1:]] or [train_records[0]["images_per_s"]]

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from alexnet_jax import models
+from configs import default
 
 
 def _init(model, batch=2, size=28):
@@ -97,3 +98,17 @@ def test_local_response_norm_matches_the_paper_formula():
     window = x[..., max(0, i - n // 2):min(7, i + n // 2 + 1)]
     expected = x[..., i] / (k + alpha * jnp.sum(window ** 2, axis=-1)) ** beta
     assert jnp.allclose(out[..., i], expected, rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+  config = default.get_config().model
+  config.dtype = "bfloat16"
+  model = models.create_model(config)
+  images = jax.random.normal(jax.random.key(1), (4, *models.INPUT_SHAPE))
+  variables = model.init(jax.random.key(0), images, train=False)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  logits = model.apply(variables, images, train=False)
+  reference = models.create_model(default.get_config().model).apply(variables, images, train=False)
+  assert logits.dtype == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa: close to float32, not equal.
+  assert 0 < float(jnp.max(jnp.abs(logits - reference))) < 0.05 * float(jnp.max(jnp.abs(reference)))

@@ -1,0 +1,153 @@
+"""Reproducible multi-seed benchmark of one config:
+
+  python -m experiments.benchmark --config configs/default.py [--seeds N] [--root DIR] [--jobs J]
+      [--target 0.99] [--target_metric val_accuracy] [--torch] [--config.FIELD=VALUE ...]
+
+1. Throughput (experiments/throughput.py): training and evaluation images/s of the project's steps after
+   compilation, compile times, peak memory; with --torch, the PyTorch reference beside them.
+2. N seeds of the config, each a full training in ROOT/seed_S (`python -m alexnet_jax.main`; finished runs
+   are reused, interrupted ones resumed): mean +- std of test accuracy, training time, steps and time to
+   the target accuracy.
+3. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
+   params_sha256 is compared with the first run's: match or mismatch.
+
+Writes ROOT/benchmark.json and ROOT/benchmark.md, both with the hardware and software fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import environment, runs, throughput
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Only when run as a program: experiment modules import one another and define flags of their own."""
+  config_flags.DEFINE_config_file("config", "configs/default.py", "The config to benchmark.")
+  flags.DEFINE_integer("seeds", 3, "Seeds: first_seed, first_seed + 1, ...")
+  flags.DEFINE_integer("first_seed", 0, "The first seed.")
+  flags.DEFINE_string("root", "runs/benchmark", "Where the runs and the results go.")
+  flags.DEFINE_integer("jobs", 1, "Trainings at a time (1 for clean timings).")
+  flags.DEFINE_float("target", 0.99, "Target accuracy for steps / time to target.")
+  flags.DEFINE_enum("target_metric", "val_accuracy", ["train_accuracy", "val_accuracy", "test_accuracy"],
+                    "Which logged accuracy must reach the target (val/test: at each evaluation).")
+  flags.DEFINE_bool("throughput", True, "Measure step throughput in this process first.")
+  flags.DEFINE_bool("torch", False, "Include the PyTorch reference in the throughput (`bench` extra).")
+  flags.DEFINE_integer("throughput_steps", 20, "Timed steps per repeat for the throughput.")
+
+
+def _mean_std(values: list[float | None]) -> dict[str, float | int]:
+  present = np.array([v for v in values if v is not None], np.float64)
+  if not len(present):
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(present.mean()), "std": float(present.std(ddof=1)) if len(present) > 1 else None,
+          "n": int(len(present))}
+
+
+def reproducibility(first: dict[str, Any], repeat: dict[str, Any]) -> dict[str, Any]:
+  same = first["params_sha256"] == repeat["params_sha256"]
+  return {"result": "match" if same else "mismatch", "first": first["params_sha256"],
+          "repeat": repeat["params_sha256"]}
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+  rows = list(per_seed.values())
+  return {key: _mean_std([r[key] for r in rows]) for key in (
+      "test_accuracy", "val_accuracy", "train_time_s", "steps_to_target", "time_to_target_s",
+      "train_images_per_s")}
+
+
+def _fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 0) -> str:
+  if stat["mean"] is None:
+    return "not reached"
+  std = "n/a" if stat["std"] is None else f"{scale * stat['std']:.{digits}f}"
+  return f"{scale * stat['mean']:.{digits}f} +- {std} (n={stat['n']})"
+
+
+def markdown(result: dict[str, Any]) -> str:
+  agg, target = result["aggregate"], result["target"]
+  lines = [f"# Benchmark: `{result['config_path']}` {' '.join(result['overrides'])}", "",
+           environment.markdown(result["environment"]), ""]
+  if result.get("throughput"):
+    jax32 = result["throughput"]["jax"]["float32"]
+    lines += ["## Throughput (after compilation)", "", result["throughput"]["table"], "",
+              f"Compile time (float32): train step {jax32['train_compile_s']:.1f} s, eval step "
+              f"{jax32['eval_compile_s']:.1f} s. Peak host memory of the benchmark process: "
+              f"{jax32['host_peak_rss_mib']:,.0f} MiB.", ""]
+  lines += [f"## Training, seeds {result['seeds']}", "",
+            "| quantity | mean +- std |", "|---|---:|",
+            f"| test accuracy (%) | {_fmt(agg['test_accuracy'], 100, 2)} |",
+            f"| validation accuracy (%) | {_fmt(agg['val_accuracy'], 100, 2)} |",
+            f"| training time (s) | {_fmt(agg['train_time_s'])} |",
+            f"| steps to {target['metric']} >= {target['value']} | {_fmt(agg['steps_to_target'])} |",
+            f"| time to {target['metric']} >= {target['value']} (s) | {_fmt(agg['time_to_target_s'])} |",
+            f"| training images/s (in the loop) | {_fmt(agg['train_images_per_s'])} |", "",
+            "| seed | test accuracy | steps | training time (s) | params_sha256 |",
+            "|---:|---:|---:|---:|---|"]
+  for seed, r in result["per_seed"].items():
+    lines.append(f"| {seed} | {100 * r['test_accuracy']:.2f} | {r['steps']} | {r['train_time_s']:.0f} | "
+                 f"`{r['params_sha256'][:16]}` |")
+  repro = result["reproducibility"]
+  lines += ["", f"## Reproducibility: **{repro['result']}**", "",
+            f"Seed {result['seeds'][0]} trained twice in separate processes: params_sha256 "
+            f"`{repro['first']}` and `{repro['repeat']}`.", ""]
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  config_path = flags.FLAGS["config"].config_filename
+  overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  root = os.path.abspath(FLAGS.root)
+  os.makedirs(root, exist_ok=True)
+  result: dict[str, Any] = {"config_path": config_path, "overrides": overrides,
+                            "environment": environment.fingerprint(),
+                            "target": {"metric": FLAGS.target_metric, "value": FLAGS.target}}
+  if FLAGS.throughput:
+    result["throughput"] = throughput.measure(FLAGS.config, FLAGS.throughput_steps, 3, FLAGS.torch)
+    print(result["throughput"]["table"], flush=True)
+
+  seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
+  config_file = os.path.abspath(config_path)
+
+  def spec(name: str, seed: int) -> runs.RunSpec:
+    return runs.RunSpec(name, os.path.join(root, name), config_file,
+                        (*overrides, f"--config.seed={seed}"))
+
+  specs = [spec(f"seed_{s}", s) for s in seeds] + [spec(f"repeat_seed_{seeds[0]}", seeds[0])]
+  try:
+    codes = runs.RunPool(FLAGS.jobs).run(specs)
+  except KeyboardInterrupt as e:
+    sys.exit(f"{e}")
+  failed = [name for name, code in codes.items() if code != 0]
+  if failed:
+    sys.exit(f"error: runs failed: {', '.join(failed)} (see their train.log)")
+
+  summaries = {s.name: runs.summarize_run(s.workdir, FLAGS.target, FLAGS.target_metric) for s in specs}
+  result["seeds"] = seeds
+  result["per_seed"] = {seed: summaries[f"seed_{seed}"] for seed in seeds}
+  result["aggregate"] = aggregate(result["per_seed"])
+  result["reproducibility"] = reproducibility(summaries[f"seed_{seeds[0]}"],
+                                              summaries[f"repeat_seed_{seeds[0]}"])
+  with open(os.path.join(root, "benchmark.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  page = markdown(result)
+  with open(os.path.join(root, "benchmark.md"), "w") as f:
+    f.write(page)
+  print(page, flush=True)
+  print(f"results in {root}/benchmark.json and benchmark.md", flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

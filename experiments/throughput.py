@@ -1,0 +1,186 @@
+"""Training and evaluation throughput of the project's own steps, beside a PyTorch reference of the same
+network, measured in one process on one machine:
+
+  python -m experiments.throughput --config configs/default.py [--torch] [--config.FIELD=VALUE ...]
+
+JAX: the exact `train.train_step` / `train.eval_step` the training loop runs, compiled the same way
+(`parallel.create_strategy`), on device-resident uint8 batches; compilation is timed apart (AOT
+`lower().compile()`), then `steps` steps are timed `repeats` times after warm-up and the best repeat is
+kept (the least disturbed by the rest of the machine). PyTorch (optional `bench` extra, `torch==2.13.0`):
+the identical architecture, batch and dtype, the same optimizer family and label smoothing, measured at its
+best of the default (NCHW) and channels_last memory formats, float32 and bfloat16 autocast. The reference
+does no augmentation; the JAX step does whatever the config says (the default augments on device), so the
+comparison is, if anything, unfair to JAX.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from alexnet_jax import models, optimizers, parallel, train
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Only when run as a program, so that benchmark.py can import this module with flags of its own."""
+  config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
+  flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
+  flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
+  flags.DEFINE_bool("torch", True, "Also measure the PyTorch reference (needs the `bench` extra).")
+  flags.DEFINE_string("json_out", "", "Also write the results to this JSON file.")
+
+
+def _best_rate(run_steps, steps: int, repeats: int, images_per_step: int,
+               max_repeat_s: float = 30.0) -> float:
+  """Images/s of the fastest of `repeats` timings of `steps` steps, after two untimed warm-up steps.
+
+  Where a step is slow (bfloat16 emulated on a CPU without native support can take seconds), fewer steps
+  are timed so that one repeat stays under about `max_repeat_s`.
+  """
+  start = time.perf_counter()
+  run_steps(2)
+  steps = max(1, min(steps, int(max_repeat_s / ((time.perf_counter() - start) / 2))))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run_steps(steps)
+    best = min(best, time.perf_counter() - start)
+  return steps * images_per_step / best
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3) -> dict[str, Any]:
+  """Train and eval images/s of the project's steps, after compilation, and the compile times."""
+  mesh = parallel.create_mesh()
+  strategy = parallel.create_strategy(config.parallelism, mesh)
+  model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name)
+  state = train.create_train_state(model, optimizers.create_optimizer(config, 10_000), jax.random.key(0))
+  state = strategy.place_state(state)
+  rng = np.random.default_rng(0)
+
+  def batch(size: int) -> dict[str, jax.Array]:
+    return strategy.shard_batch({
+        "image": jax.numpy.asarray(rng.integers(0, 256, (size, *models.INPUT_SHAPE), np.uint8)),
+        "label": jax.numpy.asarray(rng.integers(0, 10, (size,), np.int32)),
+        "mask": jax.numpy.ones((size,), np.float32)})
+
+  train_batch, eval_batch = batch(config.batch_size), batch(config.eval_batch_size)
+  step_rng = jax.random.key(1)
+  train_fn = strategy.compile_train(
+      functools.partial(train.train_step, options=train.StepOptions.from_config(config)))
+  eval_fn = strategy.compile_eval(train.eval_step)
+
+  # The first calls compile (and run one step each); the steady-state step time is subtracted below.
+  start = time.perf_counter()
+  state, metrics = train_fn(state, train_batch, step_rng)
+  jax.block_until_ready(metrics)
+  train_first_s = time.perf_counter() - start
+  start = time.perf_counter()
+  jax.block_until_ready(eval_fn(state, eval_batch))
+  eval_first_s = time.perf_counter() - start
+
+  def run_train(n: int) -> None:
+    nonlocal state
+    for _ in range(n):
+      state, metrics = train_fn(state, train_batch, step_rng)
+    jax.block_until_ready(metrics)
+
+  def run_eval(n: int) -> None:
+    outputs = [eval_fn(state, eval_batch) for _ in range(n)]
+    jax.block_until_ready(outputs)
+
+  train_rate = _best_rate(run_train, steps, repeats, config.batch_size)
+  eval_rate = _best_rate(run_eval, max(2, steps // 4), repeats, config.eval_batch_size)
+  memory = jax.devices()[0].memory_stats() or {}
+  return {"train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
+          "train_compile_s": train_first_s - config.batch_size / train_rate,
+          "eval_compile_s": eval_first_s - config.eval_batch_size / eval_rate,
+          "device_peak_bytes": memory.get("peak_bytes_in_use"), "host_peak_rss_mib": peak_rss_mib()}
+
+
+def torch_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3
+                     ) -> dict[str, Any]:
+  """The PyTorch reference: {"float32": {"nchw": ..., "channels_last": ...}, "bfloat16": {...}}."""
+  from experiments import torch_reference  # noqa: PLC0415 - torch is an optional extra
+
+  results: dict[str, Any] = {"torch_version": torch_reference.torch_version()}
+  for dtype in ("float32", "bfloat16"):
+    results[dtype] = {}
+    for memory_format in ("nchw", "channels_last"):
+      run_train, run_eval = torch_reference.step_runners(config, memory_format, dtype)
+      results[dtype][memory_format] = {
+          "train_images_per_s": _best_rate(run_train, steps, repeats, config.batch_size),
+          "eval_images_per_s": _best_rate(run_eval, max(2, steps // 4), repeats, config.eval_batch_size)}
+    for kind in ("train_images_per_s", "eval_images_per_s"):
+      results[dtype][f"best_{kind}"] = max(r[kind] for r in results[dtype].values() if isinstance(r, dict))
+  return results
+
+
+def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[str, Any] | None) -> str:
+  """Rows: each JAX compute dtype, then PyTorch; ratios against PyTorch's best float32."""
+  lines = ["| implementation | train images/s | eval images/s | train vs PyTorch best fp32 | "
+           "eval vs PyTorch best fp32 |", "|---|---:|---:|---:|---:|"]
+  reference = torch_results["float32"] if torch_results else None
+
+  def ratio(value: float, kind: str) -> str:
+    return f"{value / reference[f'best_{kind}']:.2f}x" if reference else "n/a"
+
+  for dtype, r in jax_results.items():
+    lines.append(f"| JAX, {dtype} | {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | "
+                 f"{ratio(r['train_images_per_s'], 'train_images_per_s')} | "
+                 f"{ratio(r['eval_images_per_s'], 'eval_images_per_s')} |")
+  if torch_results:
+    for dtype in ("float32", "bfloat16"):
+      for memory_format in ("nchw", "channels_last"):
+        r = torch_results[dtype][memory_format]
+        name = f"PyTorch {torch_results['torch_version']}, {dtype}, {memory_format}"
+        lines.append(f"| {name} | {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | "
+                     f"{ratio(r['train_images_per_s'], 'train_images_per_s')} | "
+                     f"{ratio(r['eval_images_per_s'], 'eval_images_per_s')} |")
+  return "\n".join(lines)
+
+
+def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_torch: bool
+            ) -> dict[str, Any]:
+  jax_results = {}
+  for dtype in ("float32", "bfloat16"):
+    variant = ml_collections.ConfigDict(config.to_dict())
+    variant.model.dtype = dtype
+    jax_results[dtype] = jax_throughput(variant, steps, repeats)
+  torch_results = torch_throughput(config, steps, repeats) if with_torch else None
+  return {"jax": jax_results, "torch": torch_results, "batch_size": config.batch_size,
+          "eval_batch_size": config.eval_batch_size, "optimizer": config.optimizer,
+          "augment": config.data.augment, "table": markdown_table(jax_results, torch_results)}
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  results = measure(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
+  print(results["table"], flush=True)
+  if FLAGS.json_out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)
+    with open(FLAGS.json_out, "w") as f:
+      json.dump({k: v for k, v in results.items() if k != "table"}, f, indent=2)
+  sys.exit(0)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

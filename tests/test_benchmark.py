@@ -1,0 +1,52 @@
+"""The multi-seed benchmark on a tiny budget: per-seed numbers are the runs' own, the aggregate is their
+mean and spread, and the reproducibility check (the first seed retrained in another process) matches."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax import metric_logging
+from experiments import benchmark, environment
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_seeds_aggregate_and_reproducibility(tmp_path, mnist_data_dir):
+  root = tmp_path / "bench"
+  completed = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--config", "configs/smoke.py", "--seeds", "2",
+       "--root", str(root), "--nothroughput", "--target", "0.2", "--target_metric", "val_accuracy",
+       f"--config.data.data_dir={mnist_data_dir}", "--config.num_train_steps=20",
+       "--config.eval_every_steps=10", "--config.checkpoint_every_steps=10"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+  result = json.loads((root / "benchmark.json").read_text())
+  assert result["seeds"] == [0, 1]
+  finals = {seed: metric_logging.read_metrics(str(root / f"seed_{seed}"))[-1] for seed in (0, 1)}
+  for seed, final in finals.items():
+    assert result["per_seed"][str(seed)]["test_accuracy"] == final["test_accuracy"]
+    assert result["per_seed"][str(seed)]["params_sha256"] == final["params_sha256"]
+  accuracies = [finals[s]["test_accuracy"] for s in (0, 1)]
+  assert result["aggregate"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+  assert result["aggregate"]["test_accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
+  assert finals[0]["params_sha256"] != finals[1]["params_sha256"]
+  assert result["reproducibility"]["result"] == "match"
+  assert result["reproducibility"]["repeat"] == finals[0]["params_sha256"]
+  assert result["environment"]["versions"]["jax"] and result["environment"]["cpu_model"]
+  page = (root / "benchmark.md").read_text()
+  assert "## Reproducibility: **match**" in page and "Software: Python" in page
+
+
+def test_reproducibility_reports_a_mismatch():
+  assert benchmark.reproducibility({"params_sha256": "a"}, {"params_sha256": "b"})["result"] == "mismatch"
+
+
+def test_environment_fingerprint_names_the_stack():
+  env = environment.fingerprint()
+  assert {"jax", "jaxlib", "flax", "optax"} <= set(env["versions"])
+  assert env["device_count"] >= 1 and env["device_kind"] and "xla_flags" in env
+  assert "XLA_FLAGS" in environment.markdown(env)
