@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import metric_logging
-from experiments import ablate
+from experiments import ablate, runs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SWEEP = '''
@@ -24,8 +24,8 @@ VARIANTS = {"baseline": {}, "no_dropout": {"model.dropout_rate": 0.0}}
 
 
 def _command(sweep_file, root, data_dir):
-  return [sys.executable, "-m", "experiments.ablate", str(sweep_file), "--seeds", "2", "--root", str(root),
-          f"--config.data.data_dir={data_dir}", "--config.num_train_steps=100",
+  return [sys.executable, "-m", "experiments.ablate", str(sweep_file), "--seeds", "2", "--jobs", "2",
+          "--root", str(root), f"--config.data.data_dir={data_dir}", "--config.num_train_steps=100",
           "--config.eval_every_steps=50", "--config.checkpoint_every_steps=10", "--config.log_every_steps=5"]
 
 
@@ -45,12 +45,12 @@ def test_sweep_runs_resumes_and_reports_the_runs_numbers(tmp_path, mnist_data_di
   sweep_dir = root / "tiny"
   command = _command(sweep_file, root, mnist_data_dir)
 
-  # Interrupt once the second run has saved its first checkpoint (step 10 of 100).
+  # Two trainings at a time; interrupt once the third run has saved its first checkpoint (step 10 of 100).
   first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
-  second_run = sweep_dir / "baseline" / "seed_1"
+  interrupted_run = sweep_dir / "no_dropout" / "seed_0"
   try:
-    assert _wait_for((second_run / "checkpoints" / "10").is_dir, 300), "no checkpoint at 10"
+    assert _wait_for((interrupted_run / "checkpoints" / "10").is_dir, 300), "no checkpoint at 10"
     first.send_signal(signal.SIGTERM)
     output, _ = first.communicate(timeout=120)
   finally:
@@ -58,14 +58,16 @@ def test_sweep_runs_resumes_and_reports_the_runs_numbers(tmp_path, mnist_data_di
   assert first.returncode != 0, output
   assert "rerun to resume" in output
   finished_before = {d: (sweep_dir / d / "metrics.jsonl").stat().st_mtime
-                     for d in ("baseline/seed_0",) if (sweep_dir / d / "metrics.jsonl").exists()}
-  assert list(finished_before) == ["baseline/seed_0"]
+                     for d in ("baseline/seed_0", "baseline/seed_1", "no_dropout/seed_0")
+                     if runs.final_record(str(sweep_dir / d))}
+  assert "baseline/seed_0" in finished_before and "no_dropout/seed_0" not in finished_before
 
   rerun = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-  assert "1 of 4 runs already finished" in rerun.stdout
-  assert (sweep_dir / "baseline/seed_0/metrics.jsonl").stat().st_mtime == finished_before["baseline/seed_0"]
-  assert "resumed from the checkpoint" in (second_run / "train.log").read_text()
+  assert f"{len(finished_before)} of 4 runs already finished" in rerun.stdout
+  for run, mtime in finished_before.items():  # not trained again
+    assert (sweep_dir / run / "metrics.jsonl").stat().st_mtime == mtime
+  assert "resumed from the checkpoint" in (interrupted_run / "train.log").read_text()
 
   with open(sweep_dir / "results.csv") as f:
     rows = list(csv.DictReader(f))

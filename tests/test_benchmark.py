@@ -19,7 +19,8 @@ def test_benchmark_seeds_aggregate_and_reproducibility(tmp_path, mnist_data_dir)
   root = tmp_path / "bench"
   completed = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--config", "configs/smoke.py", "--seeds", "2",
-       "--root", str(root), "--nothroughput", "--target", "0.2", "--target_metric", "val_accuracy",
+       "--jobs", "2", "--root", str(root), "--nothroughput", "--target", "0.2",
+       "--target_metric", "val_accuracy",
        f"--config.data.data_dir={mnist_data_dir}", "--config.num_train_steps=20",
        "--config.eval_every_steps=10", "--config.checkpoint_every_steps=10"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
