@@ -110,8 +110,8 @@ def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: 
   eval_rate = _best_rate(run_eval, max(2, steps // 4), repeats, config.eval_batch_size)
   memory = jax.devices()[0].memory_stats() or {}
   return {"train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
-          "train_compile_s": train_first_s - config.batch_size / train_rate,
-          "eval_compile_s": eval_first_s - config.eval_batch_size / eval_rate,
+          "train_compile_s": max(0.0, train_first_s - config.batch_size / train_rate),
+          "eval_compile_s": max(0.0, eval_first_s - config.eval_batch_size / eval_rate),
           "device_peak_bytes": memory.get("peak_bytes_in_use"), "host_peak_rss_mib": peak_rss_mib()}
 
 
