@@ -56,12 +56,13 @@ def probability_fn(state: train.TrainState):
   """A jitted function: uint8 images (N, 28, 28, 1) -> softmax probabilities (N, classes)."""
 
   @jax.jit
-  def probabilities(images):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+  def probabilities(variables, images):
     logits = state.apply_fn(variables, input_pipeline.normalize(images), train=False)
     return jax.nn.softmax(logits)
 
-  return probabilities
+  # The weights go in as arguments: closed over, they would be compiled into the program as constants.
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  return lambda images: probabilities(variables, images)
 
 
 def predict_probabilities(state: train.TrainState, split: input_pipeline.Split, batch_size: int

@@ -40,6 +40,7 @@ CENTRE = 14.0  # mean centre of mass of the MNIST test digits, in pixel indices
 INK_THRESHOLD = 0.2  # of the stretched contrast: what counts as ink for the bounding box
 MIN_CONTRAST = 0.08  # below this the image holds no ink at all
 TOP_K = 3
+FLAGS = flags.FLAGS
 
 
 class ImageError(ValueError):
@@ -72,9 +73,7 @@ def to_greyscale(image: np.ndarray) -> np.ndarray:
   uint8 is read as 0..255; floats as 0..1 unless their maximum exceeds 1 (then 0..255).
   """
   image = np.asarray(image)
-  if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
-    pass
-  elif image.ndim != 2:
+  if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
     raise ImageError(f"expected an (H, W) or (H, W, 1|3|4) image, got shape {image.shape}")
   if min(image.shape[:2]) == 0:
     raise ImageError(f"empty image of shape {image.shape}")
@@ -187,19 +186,6 @@ def result_record(path: str, probabilities: np.ndarray) -> dict:
           "probabilities": [float(p) for p in probabilities]}
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str]) -> tuple[list[dict], list[dict]]:
-  """(results, errors) in the order of `paths`; one bad file never stops the others."""
-  images, good, errors = [], [], []
-  for path in paths:
-    try:
-      images.append(preprocess_file(path))
-      good.append(path)
-    except ImageError as e:
-      errors.append({"file": path, "error": str(e)})
-  probabilities = predictor(images, preprocessed=True)
-  return [result_record(p, q) for p, q in zip(good, probabilities, strict=True)], errors
-
-
 def preprocess_file(path: str) -> np.ndarray:
   image = read_image(path)
   try:
@@ -208,6 +194,18 @@ def preprocess_file(path: str) -> np.ndarray:
     raise ImageError(f"{path}: {e}") from None
 
 
+def predict_files(predictor: Predictor, paths: Sequence[str]) -> list[dict]:
+  """One record per path, in order: a prediction, or {"file", "error"}; one bad file never stops the
+  others."""
+  images, records = {}, {}
+  for path in paths:
+    try:
+      images[path] = preprocess_file(path)
+    except ImageError as e:
+      records[path] = {"file": path, "error": str(e)}
+  probabilities = predictor(list(images.values()), preprocessed=True)
+  records.update({p: result_record(p, q) for p, q in zip(images, probabilities, strict=True)})
+  return [records[path] for path in paths]
 
 
 def _text_line(record: dict) -> str:
@@ -225,21 +223,17 @@ def main(argv: list[str]) -> None:
     predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint)
   except (checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
-  results, errors = predict_files(predictor, paths)
-  by_file = {r["file"]: r for r in results + errors}
-  for path in paths:
-    record = by_file[path]
+  records = predict_files(predictor, paths)
+  for record in records:
     if "error" in record:
       print(f"error: {record['error']}", file=sys.stderr, flush=True)
     if FLAGS.json:
       print(json.dumps(record), flush=True)
     elif "error" not in record:
       print(_text_line(record), flush=True)
-  if errors:
+  if any("error" in record for record in records):
     sys.exit(1)
 
-
-FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so that modules can import one another.

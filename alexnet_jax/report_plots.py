@@ -14,6 +14,12 @@ import numpy as np  # noqa: E402
 MISCLASSIFIED_SHOWN = 24
 
 
+def save_figure(fig: plt.Figure, path: str) -> None:
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def confusion_matrix_plot(path: str, confusion: np.ndarray) -> None:
   fig, ax = plt.subplots(figsize=(7, 6))
   image = ax.imshow(np.log1p(confusion), cmap="Blues")
@@ -23,9 +29,7 @@ def confusion_matrix_plot(path: str, confusion: np.ndarray) -> None:
   ax.set(xlabel="predicted", ylabel="true", xticks=range(len(confusion)), yticks=range(len(confusion)),
          title="Confusion matrix (colour: log(1 + count))")
   fig.colorbar(image, ax=ax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def per_class_plot(path: str, per_class: dict[str, list[float]]) -> None:
@@ -37,9 +41,7 @@ def per_class_plot(path: str, per_class: dict[str, list[float]]) -> None:
   ax.set(xlabel="digit", xticks=classes, ylim=(max(0.0, low - 0.02), 1.0),
          title="Precision and recall per class")
   ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def learning_curves_plot(path: str, records: list[dict[str, Any]]) -> None:
@@ -57,9 +59,7 @@ def learning_curves_plot(path: str, records: list[dict[str, Any]]) -> None:
   for ax in (loss_ax, accuracy_ax):
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def misclassified_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
@@ -78,9 +78,7 @@ def misclassified_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
     ax.set_title(f"true {labels[i]}\npred {predictions[i]} ({probabilities[i, predictions[i]]:.2f})",
                  fontsize=7)
   fig.suptitle(f"Most confident mistakes ({len(np.flatnonzero(predictions != labels))} in all)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def write_all(report_dir: str, metrics: dict[str, Any], records: list[dict[str, Any]], *,

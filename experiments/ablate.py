@@ -31,6 +31,8 @@ def define_flags() -> None:
   flags.DEFINE_string("root", "runs/sweeps", "Where the sweep's runs and results go (ROOT/SWEEP/).")
   flags.DEFINE_integer("jobs", 1, "Trainings at a time (each uses every core it can: 1 for clean timings).")
   flags.DEFINE_bool("results_only", False, "Do not train: rebuild the results from the finished runs.")
+
+
 REQUIRED = ("BASE_CONFIG", "VARIANTS", "BASELINE", "TARGET_TRAIN_ACCURACY")
 
 
@@ -101,19 +103,9 @@ def write_results(sweep_dir: str, name: str, sweep: types.ModuleType, rows: list
   return page
 
 
-def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-  """(--config.* arguments, everything else): the former go to every training, verbatim."""
-  extra = [a for a in argv[1:] if a.startswith("--config.")]
-  return extra, [argv[0], *(a for a in argv[1:] if not a.startswith("--config."))]
-
-
-_EXTRA_OVERRIDES: list[str] = []
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-  extra, rest = split_config_overrides(argv)
-  _EXTRA_OVERRIDES[:] = extra
-  return FLAGS(rest)
+  """absl parses everything but the --config.* overrides, which main hands to the trainings."""
+  return FLAGS(runs.split_config_arguments(argv)[1])
 
 
 def main(argv: list[str]) -> None:
@@ -127,7 +119,8 @@ def main(argv: list[str]) -> None:
   name = sweep_name(argv[1])
   sweep_dir = os.path.join(FLAGS.root, name)
   seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
-  specs = run_specs(sweep, sweep_dir, seeds, _EXTRA_OVERRIDES)
+  extra = runs.split_config_arguments(sys.argv)[0]
+  specs = run_specs(sweep, sweep_dir, seeds, extra)
   failed = []
   if not FLAGS.results_only:
     try:
@@ -137,7 +130,7 @@ def main(argv: list[str]) -> None:
     failed = [run for run, code in codes.items() if code != 0]
   rows = collect(specs, sweep)
   os.makedirs(sweep_dir, exist_ok=True)
-  print(write_results(sweep_dir, name, sweep, rows, seeds=seeds, extra=_EXTRA_OVERRIDES), flush=True)
+  print(write_results(sweep_dir, name, sweep, rows, seeds=seeds, extra=extra), flush=True)
   print(f"{len(rows)} of {len(specs)} runs in the table; results in {sweep_dir}/", flush=True)
   if failed:
     sys.exit(f"error: {len(failed)} runs failed: {', '.join(failed)} (see their train.log)")

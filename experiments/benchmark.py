@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   config_path = flags.FLAGS["config"].config_filename
-  overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  overrides = runs.split_config_arguments(sys.argv)[0]
   root = os.path.abspath(FLAGS.root)
   os.makedirs(root, exist_ok=True)
   result: dict[str, Any] = {"config_path": config_path, "overrides": overrides,

@@ -8,8 +8,6 @@ Each product is jitted (XLA) or run (PyTorch) on its own at the layer's real sha
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from alexnet_jax import models, summary
+from experiments import throughput
 
 FLAGS = flags.FLAGS
 
@@ -30,12 +29,7 @@ def define_flags() -> None:
 
 def _best_ms(call, repeats: int) -> float:
   call()  # compile / warm up
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    best = min(best, time.perf_counter() - start)
-  return 1e3 * best
+  return 1e3 * throughput.best_seconds(call, repeats)
 
 
 def conv_shapes(model: models.AlexNet) -> list[tuple[str, int, int, int, int]]:
@@ -61,11 +55,12 @@ def xla_times(shape: tuple[int, int, int, int, int], repeats: int) -> dict[str, 
 
   dy = jnp.ones_like(conv(x, w))
   forward = jax.jit(conv)
-  weight_grad = jax.jit(lambda x, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
-  input_grad = jax.jit(lambda w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+  # Each takes one cotangent of the VJP; XLA drops the unused forward and the other gradient.
+  weight_grad = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1])
+  input_grad = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[0])
   return {"forward": _best_ms(lambda: forward(x, w).block_until_ready(), repeats),
-          "weight_grad": _best_ms(lambda: weight_grad(x, dy).block_until_ready(), repeats),
-          "input_grad": _best_ms(lambda: input_grad(w, dy).block_until_ready(), repeats)}
+          "weight_grad": _best_ms(lambda: weight_grad(x, w, dy).block_until_ready(), repeats),
+          "input_grad": _best_ms(lambda: input_grad(x, w, dy).block_until_ready(), repeats)}
 
 
 def torch_times(shape: tuple[int, int, int, int, int], repeats: int) -> dict[str, float]:

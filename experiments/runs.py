@@ -31,6 +31,12 @@ def config_overrides(fields: dict[str, Any]) -> list[str]:
   return [f"--config.{name}={value}" for name, value in fields.items()]
 
 
+def split_config_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(the --config.FIELD=VALUE arguments, everything else): the former go to every training, verbatim."""
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  return overrides, [argv[0], *(a for a in argv[1:] if not a.startswith("--config."))]
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """One training run: a config file, command-line overrides, a workdir."""
@@ -59,9 +65,8 @@ class RunPool:
   """Runs specs, at most `jobs` at a time, skipping finished ones. SIGTERM or Ctrl-C is passed on to the
   running trainings (each saves a checkpoint and exits), so the next invocation resumes them."""
 
-  def __init__(self, jobs: int = 1, env: dict[str, str] | None = None):
+  def __init__(self, jobs: int = 1):
     self.jobs = jobs
-    self.env = env
     self._children: set[subprocess.Popen] = set()
     self._lock = threading.Lock()
     self._stopping = False
@@ -72,8 +77,7 @@ class RunPool:
       if self._stopping:
         return -signal.SIGTERM
       with open(spec.log_path, "a") as log:
-        child = subprocess.Popen(spec.command(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                 env=self.env)
+        child = subprocess.Popen(spec.command(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
       self._children.add(child)
     code = child.wait()
     with self._lock:

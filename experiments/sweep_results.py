@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from alexnet_jax import report_plots  # noqa: E402
+
 CSV_FIELDS = ("variant", "seed", "test_accuracy", "val_accuracy", "test_loss", "steps", "train_time_s",
               "steps_to_target", "time_to_target_s", "train_images_per_s", "params", "mflops_per_image",
               "params_sha256", "overrides", "workdir")
@@ -121,6 +123,4 @@ def plot(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]], tar
   for ax in (acc_ax, steps_ax):
     ax.grid(alpha=0.3)
   acc_ax.invert_yaxis()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  report_plots.save_figure(fig, path)

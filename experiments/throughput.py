@@ -1,12 +1,13 @@
 """Training and evaluation throughput of the project's own steps, beside a PyTorch reference of the same
 network, measured in one process on one machine:
 
-  python -m experiments.throughput --config configs/default.py [--torch] [--config.FIELD=VALUE ...]
+  python -m experiments.throughput --config configs/default.py [--notorch] [--config.FIELD=VALUE ...]
 
 JAX: the exact `train.train_step` / `train.eval_step` the training loop runs, compiled the same way
-(`parallel.create_strategy`), on device-resident uint8 batches; compilation is timed apart (AOT
-`lower().compile()`), then `steps` steps are timed `repeats` times after warm-up and the best repeat is
-kept (the least disturbed by the rest of the machine). PyTorch (optional `bench` extra, `torch==2.13.0`):
+(`parallel.create_strategy`), on device-resident uint8 batches; compile time is the first call's time
+less one steady-state step; then `steps` steps are timed `repeats` times after warm-up and the best repeat
+is kept (the least disturbed by the rest of the machine; fewer steps where one step is very slow).
+PyTorch (optional `bench` extra, `torch==2.13.0`):
 the identical architecture, batch and dtype, the same optimizer family and label smoothing, measured at its
 best of the default (NCHW) and channels_last memory formats, float32 and bfloat16 autocast. The reference
 does no augmentation; the JAX step does whatever the config says (the default augments on device), so the
@@ -53,12 +54,22 @@ def _best_rate(run_steps, steps: int, repeats: int, images_per_step: int,
   start = time.perf_counter()
   run_steps(2)
   steps = max(1, min(steps, int(max_repeat_s / ((time.perf_counter() - start) / 2))))
+  return steps * images_per_step / best_seconds(lambda: run_steps(steps), repeats)
+
+
+def best_seconds(call, repeats: int) -> float:
+  """The fastest of `repeats` timed calls (warm up first)."""
   best = float("inf")
   for _ in range(repeats):
     start = time.perf_counter()
-    run_steps(steps)
+    call()
     best = min(best, time.perf_counter() - start)
-  return steps * images_per_step / best
+  return best
+
+
+def eval_steps(train_steps: int) -> int:
+  """Eval batches are ~8x larger than training ones: a quarter as many steps keeps the timings alike."""
+  return max(2, train_steps // 4)
 
 
 def peak_rss_mib() -> float:
@@ -107,7 +118,7 @@ def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: 
     jax.block_until_ready(outputs)
 
   train_rate = _best_rate(run_train, steps, repeats, config.batch_size)
-  eval_rate = _best_rate(run_eval, max(2, steps // 4), repeats, config.eval_batch_size)
+  eval_rate = _best_rate(run_eval, eval_steps(steps), repeats, config.eval_batch_size)
   memory = jax.devices()[0].memory_stats() or {}
   return {"train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
           "train_compile_s": max(0.0, train_first_s - config.batch_size / train_rate),
@@ -127,7 +138,7 @@ def torch_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats
       run_train, run_eval = torch_reference.step_runners(config, memory_format, dtype)
       results[dtype][memory_format] = {
           "train_images_per_s": _best_rate(run_train, steps, repeats, config.batch_size),
-          "eval_images_per_s": _best_rate(run_eval, max(2, steps // 4), repeats, config.eval_batch_size)}
+          "eval_images_per_s": _best_rate(run_eval, eval_steps(steps), repeats, config.eval_batch_size)}
     for kind in ("train_images_per_s", "eval_images_per_s"):
       results[dtype][f"best_{kind}"] = max(r[kind] for r in results[dtype].values() if isinstance(r, dict))
   return results

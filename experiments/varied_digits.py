@@ -82,8 +82,9 @@ def main(argv: list[str]) -> None:
   del argv
   written = write_images(FLAGS.out, FLAGS.count, FLAGS.mnist_dir)
   predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint)
-  results, errors = predict.predict_files(predictor, [path for path, _, _ in written])
-  predicted = {r["file"]: r["prediction"] for r in results}
+  records = predict.predict_files(predictor, [path for path, _, _ in written])
+  errors = [r for r in records if "error" in r]
+  predicted = {r["file"]: r["prediction"] for r in records if "error" not in r}
   correct = {form: [] for form in FORMS}
   for path, label, form in written:
     correct[form].append(predicted.get(path) == label)

@@ -110,7 +110,10 @@ def _write_test_files(directory, digit):
 
 def test_bad_files_are_named_and_the_others_still_predicted(smoke_run, mnist_test, tmp_path):
   paths = _write_test_files(tmp_path, mnist_test[0][0])
-  results, errors = predict.predict_files(predict.load_predictor(str(smoke_run), "latest"), paths)
+  records = predict.predict_files(predict.load_predictor(str(smoke_run), "latest"), paths)
+  assert [r["file"] for r in records] == paths
+  results = [r for r in records if "error" not in r]
+  errors = [r for r in records if "error" in r]
   assert [r["file"] for r in results] == [paths[0], paths[5]]
   assert results[0]["prediction"] == results[1]["prediction"] == results[0]["top3"][0]["digit"]
   messages = {os.path.basename(e["file"]): e["error"] for e in errors}
