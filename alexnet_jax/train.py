@@ -186,6 +186,22 @@ def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size
           "count": int(round(count))}
 
 
+def step_counts(config: ml_collections.ConfigDict, num_shards: int = 1) -> tuple[int, int]:
+  """(steps per epoch, total training steps) of a run whose training split is cut into `num_shards`."""
+  # tfds.even_splits gives the remainder to the first shards: the last shard is the smallest.
+  smallest_shard = (input_pipeline.MNIST_TRAIN_SIZE - config.data.validation_size) // num_shards
+  steps_per_epoch = smallest_shard // (config.batch_size // num_shards)
+  total_steps = (config.num_train_steps if config.num_train_steps != -1
+                 else round(config.num_epochs * steps_per_epoch))
+  return steps_per_epoch, total_steps
+
+
+def rng_streams(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init, train, data) keys: every random draw of a run comes from one of them."""
+  root_rng = jax.random.key(seed)
+  return tuple(jax.random.fold_in(root_rng, i) for i in range(3))
+
+
 # Fields that may differ when a run is resumed: where the data lives does not change the run.
 _RESUMABLE_FIELDS = ("data.data_dir", "data.manual_dir")
 
@@ -256,17 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   splits = input_pipeline.load_mnist(config.data, config.eval_batch_size, local_replicated, layout)
   train_shards = splits["train"]
   shard_batch_size = config.batch_size // layout.num_shards
-  # tfds.even_splits gives the remainder to the first shards: the last shard is the smallest.
-  smallest_shard = (input_pipeline.MNIST_TRAIN_SIZE - config.data.validation_size) // layout.num_shards
-  steps_per_epoch = smallest_shard // shard_batch_size
-  total_steps = (config.num_train_steps if config.num_train_steps != -1
-                 else round(config.num_epochs * steps_per_epoch))
+  steps_per_epoch, total_steps = step_counts(config, layout.num_shards)
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
   has_validation = "validation" in splits
 
   # --- Model, optimizer, state ---------------------------------------------------------------------
-  root_rng = jax.random.key(config.seed)
-  init_rng, train_rng, data_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
+  init_rng, train_rng, data_rng = rng_streams(config.seed)
   model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name)
   optimizer = optimizers.create_optimizer(config, total_steps)
   schedule = optimizers.create_schedule(config, total_steps)

@@ -31,6 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from alexnet_jax import models, optimizers, parallel, train
+from experiments import environment
 
 FLAGS = flags.FLAGS
 
@@ -120,7 +121,8 @@ def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: 
   train_rate = _best_rate(run_train, steps, repeats, config.batch_size)
   eval_rate = _best_rate(run_eval, eval_steps(steps), repeats, config.eval_batch_size)
   memory = jax.devices()[0].memory_stats() or {}
-  return {"train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
+  return {"device_kind": jax.devices()[0].device_kind, "train_images_per_s": train_rate,
+          "eval_images_per_s": eval_rate,
           "train_compile_s": max(0.0, train_first_s - config.batch_size / train_rate),
           "eval_compile_s": max(0.0, eval_first_s - config.eval_batch_size / eval_rate),
           "device_peak_bytes": memory.get("peak_bytes_in_use"), "host_peak_rss_mib": peak_rss_mib()}
@@ -131,11 +133,12 @@ def torch_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats
   """The PyTorch reference: {"float32": {"nchw": ..., "channels_last": ...}, "bfloat16": {...}}."""
   from experiments import torch_reference  # noqa: PLC0415 - torch is an optional extra
 
-  results: dict[str, Any] = {"torch_version": torch_reference.torch_version()}
+  device = torch_reference.default_device()
+  results: dict[str, Any] = {"torch_version": torch_reference.torch_version(), "device": device}
   for dtype in ("float32", "bfloat16"):
     results[dtype] = {}
     for memory_format in ("nchw", "channels_last"):
-      run_train, run_eval = torch_reference.step_runners(config, memory_format, dtype)
+      run_train, run_eval = torch_reference.step_runners(config, memory_format, dtype, device)
       results[dtype][memory_format] = {
           "train_images_per_s": _best_rate(run_train, steps, repeats, config.batch_size),
           "eval_images_per_s": _best_rate(run_eval, eval_steps(steps), repeats, config.eval_batch_size)}
@@ -176,7 +179,8 @@ def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_to
     variant.model.dtype = dtype
     jax_results[dtype] = jax_throughput(variant, steps, repeats)
   torch_results = torch_throughput(config, steps, repeats) if with_torch else None
-  return {"jax": jax_results, "torch": torch_results, "batch_size": config.batch_size,
+  return {"environment": environment.fingerprint(), "jax": jax_results, "torch": torch_results,
+          "batch_size": config.batch_size,
           "eval_batch_size": config.eval_batch_size, "optimizer": config.optimizer,
           "augment": config.data.augment, "table": markdown_table(jax_results, torch_results)}
 

@@ -46,24 +46,36 @@ def _optimizer(config: ml_collections.ConfigDict, params) -> torch.optim.Optimiz
   return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def step_runners(config: ml_collections.ConfigDict, memory_format: str, dtype: str
-                 ) -> tuple[Callable[[int], None], Callable[[int], None]]:
-  """(run_train(n), run_eval(n)): n training / evaluation steps on fixed random batches.
+def default_device() -> str:
+  """Where JAX's default backend is a GPU, the reference runs on the GPU too; else on the CPU."""
+  return "cuda" if torch.cuda.is_available() else "cpu"
 
-  bfloat16 is autocast (float32 weights, bfloat16 compute), PyTorch's own mixed-precision mode.
+
+def step_runners(config: ml_collections.ConfigDict, memory_format: str, dtype: str, device: str = "cpu"
+                 ) -> tuple[Callable[[int], None], Callable[[int], None]]:
+  """(run_train(n), run_eval(n)): n training / evaluation steps on fixed random batches; each call
+  returns once its steps have finished on the device.
+
+  bfloat16 is autocast (float32 weights, bfloat16 compute), PyTorch's own mixed-precision mode. On a GPU,
+  cuDNN picks its fastest algorithms (`cudnn.benchmark`) and uses its defaults (TF32 for convolutions).
   """
   torch.manual_seed(0)
+  torch.backends.cudnn.benchmark = True
   fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
-  model = build(config.model).to(memory_format=fmt)
+  model = build(config.model).to(device=device, memory_format=fmt)
   optimizer = _optimizer(config, model.parameters())
   loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
   def images(size: int) -> torch.Tensor:
-    return torch.randn(size, 1, *models.INPUT_SHAPE[:2]).contiguous(memory_format=fmt)
+    return torch.randn(size, 1, *models.INPUT_SHAPE[:2], device=device).contiguous(memory_format=fmt)
 
   train_images, eval_images = images(config.batch_size), images(config.eval_batch_size)
-  labels = torch.randint(0, 10, (config.batch_size,))
-  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  labels = torch.randint(0, 10, (config.batch_size,), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+  def finish() -> None:
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   def run_train(n: int) -> None:
     model.train()
@@ -73,11 +85,13 @@ def step_runners(config: ml_collections.ConfigDict, memory_format: str, dtype: s
         loss = loss_fn(model(train_images), labels)
       loss.backward()
       optimizer.step()
+    finish()
 
   def run_eval(n: int) -> None:
     model.eval()
     with torch.inference_mode(), autocast:
       for _ in range(n):
         model(eval_images).argmax(-1)
+    finish()
 
   return run_train, run_eval
