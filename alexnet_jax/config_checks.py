@@ -90,3 +90,7 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
            f"must be divisible by data.num_shards ({num_shards})")
   _require(config.parallelism != "pmap" or num_processes == 1, "parallelism", config.parallelism,
            "pmap runs on one process; use jit across processes")
+  _check_positive(config, "steps_per_dispatch")
+  if config.steps_per_dispatch > 1:
+    _require(config.parallelism == "jit" and num_processes == 1 and num_shards == 1, "steps_per_dispatch",
+             config.steps_per_dispatch, "> 1 needs parallelism=jit, one process and one data shard")

@@ -147,6 +147,43 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
+def train_steps(state: TrainState, data: tuple[jax.Array, jax.Array], rngs: tuple[jax.Array, jax.Array],
+                first_step: jax.Array, *, num_steps: int, steps_per_epoch: int, batch_size: int,
+                options: StepOptions, batch_sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`num_steps` (<= steps_per_epoch) consecutive `train_step`s in one program (`lax.scan`), each
+  gathering its batch on the device in the loop's order; returns the state and per-step metrics.
+
+  `data` is the training split's (images, labels), `rngs` the run's (data, train) keys. One dispatch then
+  covers many steps, which pays where a step is shorter than the host's dispatch (GPUs at small batch).
+  """
+  images, labels = data
+  data_rng, train_rng = rngs
+  # A dispatch spans at most two epochs, whose example orders are drawn once, not once per step.
+  first_epoch = first_step // steps_per_epoch
+  permutations = jnp.stack([input_pipeline.epoch_permutation(data_rng, first_epoch + i, images.shape[0])
+                            for i in range(2)])
+
+  def one_step(state, step):
+    epoch, index = jnp.divmod(step, steps_per_epoch)
+    batch = input_pipeline.take_batch(images, labels, permutations[epoch - first_epoch], index, batch_size)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return train_step(state, batch, train_rng, options)
+
+  return jax.lax.scan(one_step, state, first_step + jnp.arange(num_steps))
+
+
+def dispatch_length(step: int, total_steps: int, steps_per_dispatch: int, steps_per_epoch: int,
+                    boundaries: tuple[int, ...]) -> int:
+  """Steps in the next dispatch from `step`: at most steps_per_dispatch and an epoch, and ending at the
+  next multiple of each of `boundaries` (log, eval, checkpoint intervals) so that none is skipped."""
+  length = min(steps_per_dispatch, total_steps - step, steps_per_epoch)
+  for every in boundaries:
+    length = min(length, every - step % every)
+  return length
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None
               ) -> dict[str, jax.Array]:
   """Masked sums over one batch: padding examples (mask 0) count for nothing.
@@ -314,6 +351,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            out_shardings=local_replicated)
   shard_arrays = tuple((shard.images, shard.labels) for shard in train_shards)
   finite_fn = jax.jit(all_finite)
+  multi_step_fn = None
+  if config.steps_per_dispatch > 1:
+    if jax.default_backend() == "cpu":
+      logging.warning("steps_per_dispatch=%d on a CPU: XLA's CPU backend runs a step inside a loop "
+                      "(lax.scan) many times slower than alone; 1 is faster there",
+                      config.steps_per_dispatch)
+    multi_step_fn = jax.jit(
+        functools.partial(train_steps, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
+                          options=StepOptions.from_config(config), batch_sharding=strategy.batch_sharding),
+        static_argnames="num_steps", donate_argnums=0)
+  boundaries = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
 
   # --- Training loop -------------------------------------------------------------------------------
   writer = metric_logging.MetricWriter(workdir, enabled=is_chief)
@@ -357,24 +405,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   final_record = None
   try:
     while step < total_steps:
-      epoch, index = divmod(step, steps_per_epoch)
-      if permutation_epoch != epoch:
-        permutations = tuple(
-            permutation_fn(input_pipeline.shard_rng(data_rng, shard_id, layout.num_shards), epoch,
-                           shard.num_examples)
-            for shard_id, shard in zip(layout.local_shards, train_shards, strict=True))
-        permutation_epoch = epoch
-      batch = take_fn(shard_arrays, permutations, index, batch_size=shard_batch_size)
-      state, metrics = train_fn(state, strategy.shard_batch(batch), train_rng)
+      if multi_step_fn is not None:  # Several steps per dispatch, batches gathered inside.
+        num_steps = dispatch_length(step, total_steps, config.steps_per_dispatch, steps_per_epoch,
+                                    boundaries)
+        state, metrics = multi_step_fn(state, shard_arrays[0], (data_rng, train_rng), step,
+                                       num_steps=num_steps)
+      else:
+        epoch, index = divmod(step, steps_per_epoch)
+        if permutation_epoch != epoch:
+          permutations = tuple(
+              permutation_fn(input_pipeline.shard_rng(data_rng, shard_id, layout.num_shards), epoch,
+                             shard.num_examples)
+              for shard_id, shard in zip(layout.local_shards, train_shards, strict=True))
+          permutation_epoch = epoch
+        batch = take_fn(shard_arrays, permutations, index, batch_size=shard_batch_size)
+        state, metrics = train_fn(state, strategy.shard_batch(batch), train_rng)
+        num_steps = 1
       pending_metrics.append(metrics)
-      step += 1
+      step += num_steps
       epoch_float = step / steps_per_epoch
 
       if step % config.log_every_steps == 0 or step == total_steps:
         host_metrics = jax.device_get(pending_metrics)
         pending_metrics = []
-        loss = float(np.mean([m["loss"] for m in host_metrics]))
-        accuracy = float(np.mean([m["accuracy"] for m in host_metrics]))
+        loss = float(np.mean(np.concatenate([np.ravel(m["loss"]) for m in host_metrics])))
+        accuracy = float(np.mean(np.concatenate([np.ravel(m["accuracy"]) for m in host_metrics])))
         if not np.isfinite(loss):
           raise NonFiniteLossError(
               f"non-finite training loss ({loss}) by step {step}; last good checkpoint: step "

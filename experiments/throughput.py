@@ -42,6 +42,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
   flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
   flags.DEFINE_bool("torch", True, "Also measure the PyTorch reference (needs the `bench` extra).")
+  flags.DEFINE_list("torch_dtypes", ["float32", "bfloat16"], "PyTorch's dtypes: float32 and bfloat16 "
+                    "(autocast, which takes minutes on a CPU without native bfloat16).")
   flags.DEFINE_string("json_out", "", "Also write the results to this JSON file.")
 
 
@@ -128,14 +130,14 @@ def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: 
           "device_peak_bytes": memory.get("peak_bytes_in_use"), "host_peak_rss_mib": peak_rss_mib()}
 
 
-def torch_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3
-                     ) -> dict[str, Any]:
+def torch_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3,
+                     dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, Any]:
   """The PyTorch reference: {"float32": {"nchw": ..., "channels_last": ...}, "bfloat16": {...}}."""
   from experiments import torch_reference  # noqa: PLC0415 - torch is an optional extra
 
   device = torch_reference.default_device()
   results: dict[str, Any] = {"torch_version": torch_reference.torch_version(), "device": device}
-  for dtype in ("float32", "bfloat16"):
+  for dtype in dtypes:
     results[dtype] = {}
     for memory_format in ("nchw", "channels_last"):
       run_train, run_eval = torch_reference.step_runners(config, memory_format, dtype, device)
@@ -162,7 +164,7 @@ def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[s
                  f"{ratio(r['eval_images_per_s'], 'eval_images_per_s')} |")
   if torch_results:
     for dtype in ("float32", "bfloat16"):
-      for memory_format in ("nchw", "channels_last"):
+      for memory_format in ("nchw", "channels_last") if dtype in torch_results else ():
         r = torch_results[dtype][memory_format]
         name = f"PyTorch {torch_results['torch_version']}, {dtype}, {memory_format}"
         lines.append(f"| {name} | {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | "
@@ -171,14 +173,14 @@ def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[s
   return "\n".join(lines)
 
 
-def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_torch: bool
-            ) -> dict[str, Any]:
+def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_torch: bool,
+            torch_dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, Any]:
   jax_results = {}
   for dtype in ("float32", "bfloat16"):
     variant = ml_collections.ConfigDict(config.to_dict())
     variant.model.dtype = dtype
     jax_results[dtype] = jax_throughput(variant, steps, repeats)
-  torch_results = torch_throughput(config, steps, repeats) if with_torch else None
+  torch_results = torch_throughput(config, steps, repeats, torch_dtypes) if with_torch else None
   return {"environment": environment.fingerprint(), "jax": jax_results, "torch": torch_results,
           "batch_size": config.batch_size,
           "eval_batch_size": config.eval_batch_size, "optimizer": config.optimizer,
@@ -187,7 +189,7 @@ def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_to
 
 def main(argv: list[str]) -> None:
   del argv
-  results = measure(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
+  results = measure(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch, tuple(FLAGS.torch_dtypes))
   print(results["table"], flush=True)
   if FLAGS.json_out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)

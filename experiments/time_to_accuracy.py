@@ -2,7 +2,7 @@
 MNIST's 10,000 test images, on whatever devices JAX runs on.
 
   python -m experiments.time_to_accuracy --config configs/default.py [--eval_every 50] \\
-      [--steps_per_dispatch 1] [--json_out F] [--config.FIELD=VALUE ...]
+      [--json_out F] [--config.steps_per_dispatch=25] [--config.FIELD=VALUE ...]
   python -m experiments.time_to_accuracy --export_npz mnist.npz   # TFDS's splits, for a host without TF
   python -m experiments.time_to_accuracy --data_npz mnist.npz ...  # ... and training from them there
 
@@ -14,9 +14,9 @@ metric files) and evaluates the whole test split every `eval_every` steps, since
 Timing: `train_s` is wall time spent training, measured between evaluations (each interval ends by waiting
 for the device), so dispatch and any host stalls count; evaluation time is reported apart. Compilation
 happens ahead of the clock (ahead-of-time `lower().compile()`) and is reported as `compile_s`.
-`steps_per_dispatch` > 1 runs that many steps inside one compiled `lax.scan`, batches gathered on the
-device, to take the per-step dispatch off the host where steps are short (GPUs); its numerics can differ
-from the loop's in the last bits, since XLA fuses the scanned step its own way.
+`config.steps_per_dispatch` > 1 runs that many steps per compiled `lax.scan` (`train.train_steps`), as the
+loop does, to take the per-step dispatch off the host where steps are short (GPUs); its numerics can differ
+from one step per dispatch in the last bits.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -46,7 +45,6 @@ def define_flags() -> None:
   """Only when run as a program (experiment modules import one another)."""
   config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
   flags.DEFINE_integer("eval_every", 50, "Evaluate the test split every this many steps.")
-  flags.DEFINE_integer("steps_per_dispatch", 1, "Training steps per compiled call (lax.scan when > 1).")
   flags.DEFINE_float("stop_at", 0.0, "Stop once test accuracy reaches this (0: train the whole recipe).")
   flags.DEFINE_string("data_npz", "", "Read the splits from this file (written by --export_npz).")
   flags.DEFINE_string("export_npz", "", "Write TFDS's train and test splits of the config to this file, "
@@ -87,102 +85,73 @@ def load_splits(config: ml_collections.ConfigDict, data_npz: str, sharding: jax.
   return train_split, test_split
 
 
-def scanned_train_steps(state: train.TrainState, data: tuple[jax.Array, jax.Array],
-                        rngs: tuple[jax.Array, jax.Array], first_step: jax.Array, *, num_steps: int,
-                        steps_per_epoch: int, batch_size: int,
-                        options: train.StepOptions, batch_sharding: jax.sharding.Sharding
-                        ) -> tuple[train.TrainState, dict[str, jax.Array]]:
-  """`num_steps` training steps in one program: each gathers its batch on the device, in the order the
-  training loop uses (`epoch_permutation` of the step's epoch), and runs `train.train_step`.
-  `data` is the training split's (images, labels), `rngs` the run's (data, train) keys."""
-  images, labels = data
-  data_rng, train_rng = rngs
-  # num_steps <= steps_per_epoch: a dispatch spans at most two epochs, whose orders are drawn once.
-  first_epoch = first_step // steps_per_epoch
-  permutations = jnp.stack([input_pipeline.epoch_permutation(data_rng, first_epoch + i, images.shape[0])
-                            for i in range(2)])
-
-  def one_step(state, step):
-    epoch, index = jnp.divmod(step, steps_per_epoch)
-    permutation = permutations[epoch - first_epoch]
-    batch = input_pipeline.take_batch(images, labels, permutation, index, batch_size)
-    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train.train_step(state, batch, train_rng, options)
-
-  return jax.lax.scan(one_step, state, first_step + jnp.arange(num_steps))
-
-
 class _Trainer:
-  """Advances the state by a number of steps, one dispatch per step (the loop's way) or per scan."""
+  """Advances the state by a number of steps as the training loop does: one dispatch per step, or
+  `config.steps_per_dispatch` steps per `train.train_steps` call. Everything is compiled up front."""
 
-  def __init__(self, config, state, train_split, *, strategy, rngs, steps_per_dispatch, chunk_lengths):
-    data_rng, train_rng = rngs
-    self.steps_per_epoch, _ = train.step_counts(config)
-    self.batch_size, self.data_rng, self.train_rng = config.batch_size, data_rng, train_rng
-    self.images, self.labels = train_split.images, train_split.labels
-    self.strategy, self.steps_per_dispatch = strategy, steps_per_dispatch
+  def __init__(self, config, state, train_split, *, strategy, rngs, eval_every):
+    self.data_rng, self.train_rng = rngs
+    self.steps_per_epoch, total_steps = train.step_counts(config)
+    self.steps_per_dispatch = config.steps_per_dispatch
+    self.batch_size, self.strategy, self.eval_every = config.batch_size, strategy, eval_every
+    self.data = (train_split.images, train_split.labels)
     options = train.StepOptions.from_config(config)
     start = time.perf_counter()
-    if steps_per_dispatch == 1:
-      self.step_fn = strategy.compile_train(functools.partial(train.train_step, options=options))
+    if self.steps_per_dispatch == 1:
       self.take_fn = jax.jit(input_pipeline.take_batch, static_argnames="batch_size")
       self.permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2)
-      batch = self.take_fn(self.images, self.labels, self.permutation_fn(data_rng, 0, self.num_examples),
-                           0, batch_size=self.batch_size)
-      self.step_fn = self.step_fn.lower(state, strategy.shard_batch(batch), train_rng).compile()
+      batch = self.take_fn(*self.data, self.permutation_fn(self.data_rng, 0, self.num_examples), 0,
+                           batch_size=self.batch_size)
+      step_fn = strategy.compile_train(functools.partial(train.train_step, options=options))
+      self.step_fn = step_fn.lower(state, strategy.shard_batch(batch), self.train_rng).compile()
     else:
-      self.chunk_fns = {}
-      for length in chunk_lengths:
-        fn = jax.jit(functools.partial(
-            scanned_train_steps, num_steps=length, steps_per_epoch=self.steps_per_epoch,
-            batch_size=self.batch_size, options=options, batch_sharding=strategy.batch_sharding),
-            donate_argnums=0)
-        self.chunk_fns[length] = fn.lower(state, (self.images, self.labels), rngs, jnp.int32(0)).compile()
+      multi_step_fn = jax.jit(functools.partial(
+          train.train_steps, steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size,
+          options=options, batch_sharding=strategy.batch_sharding),
+          static_argnames="num_steps", donate_argnums=0)
+      self.multi_step_fns = {
+          length: multi_step_fn.lower(state, self.data, rngs, 0, num_steps=length).compile()
+          for length in {length for _, length in self._dispatches(0, total_steps)}}
     self.compile_s = time.perf_counter() - start
     self._permutation, self._epoch = None, None
 
   @property
   def num_examples(self) -> int:
-    return self.images.shape[0]
+    return self.data[0].shape[0]
+
+  def _dispatches(self, first_step: int, end_step: int):
+    """(step, length) of each multi-step dispatch from first_step to end_step, the loop's way."""
+    step = first_step
+    while step < end_step:
+      length = train.dispatch_length(step, end_step, self.steps_per_dispatch, self.steps_per_epoch,
+                                     (self.eval_every,))
+      yield step, length
+      step += length
 
   def run(self, state: train.TrainState, first_step: int, num_steps: int) -> train.TrainState:
-    """Dispatches `num_steps` steps from `first_step`; returns without waiting for them."""
+    """Dispatches `num_steps` steps from `first_step` (an evaluation interval); returns without waiting."""
     if self.steps_per_dispatch > 1:
-      for start in range(first_step, first_step + num_steps, self.steps_per_dispatch):
-        length = min(self.steps_per_dispatch, first_step + num_steps - start)
-        state, _ = self.chunk_fns[length](state, (self.images, self.labels),
-                                          (self.data_rng, self.train_rng), jnp.int32(start))
+      for step, length in self._dispatches(first_step, first_step + num_steps):
+        state, _ = self.multi_step_fns[length](state, self.data, (self.data_rng, self.train_rng), step)
       return state
     for step in range(first_step, first_step + num_steps):
       epoch, index = divmod(step, self.steps_per_epoch)
       if epoch != self._epoch:
         self._permutation = self.permutation_fn(self.data_rng, epoch, self.num_examples)
         self._epoch = epoch
-      batch = self.take_fn(self.images, self.labels, self._permutation, index, batch_size=self.batch_size)
+      batch = self.take_fn(*self.data, self._permutation, index, batch_size=self.batch_size)
       state, _ = self.step_fn(state, self.strategy.shard_batch(batch), self.train_rng)
     return state
 
 
-def chunk_lengths(total_steps: int, eval_every: int, steps_per_dispatch: int) -> set[int]:
-  """The scan lengths a run needs: whole dispatches, and shorter ones where an evaluation or the end
-  falls inside one."""
-  lengths = set()
-  for start in range(0, total_steps, eval_every):
-    interval = min(eval_every, total_steps - start)
-    lengths.update({min(steps_per_dispatch, interval), interval % steps_per_dispatch} - {0})
-  return lengths
-
-
-def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
-                     steps_per_dispatch: int = 1, data_npz: str = "", stop_at: float = 0.0, log=print
-                     ) -> dict[str, Any]:
+def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50, data_npz: str = "",
+                     stop_at: float = 0.0, log=print) -> dict[str, Any]:
   """Trains the config's recipe, evaluating the test split every `eval_every` steps; returns the history
   and, for each of TARGETS, the first step and training seconds at which test accuracy reached it."""
   config_checks.validate_config(config, num_devices=jax.device_count(), num_processes=1)
+  if eval_every < 1:
+    raise config_checks.ConfigError(f"eval_every={eval_every}: must be >= 1")
   steps_per_epoch, total_steps = train.step_counts(config)
-  if eval_every < 1 or not 1 <= steps_per_dispatch <= steps_per_epoch:
-    raise config_checks.ConfigError(f"eval_every must be >= 1 and steps_per_dispatch between 1 and the "
-                                    f"{steps_per_epoch} steps of an epoch")
   mesh = parallel.create_mesh()
   strategy = parallel.create_strategy("jit", mesh)
   train_split, test_split = load_splits(config, data_npz, parallel.replicated(mesh))
@@ -192,8 +161,7 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
   state = jax.jit(functools.partial(train.create_train_state, model, optimizer),
                   out_shardings=strategy.replicated)(init_rng)
   trainer = _Trainer(config, state, train_split, strategy=strategy, rngs=(data_rng, train_rng),
-                     steps_per_dispatch=steps_per_dispatch,
-                     chunk_lengths=chunk_lengths(total_steps, eval_every, steps_per_dispatch))
+                     eval_every=eval_every)
   eval_fn = strategy.compile_eval(train.eval_step)
   train.evaluate(eval_fn, state, test_split, config.eval_batch_size)  # compiles evaluation
   log(f"compiled in {trainer.compile_s:.1f} s; training {total_steps} steps of {config.batch_size}, "
@@ -214,15 +182,20 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
     log(json.dumps(history[-1]))
     if stop_at and result["accuracy"] >= stop_at:
       break
-  reached = {f"{target:g}": next(({k: r[k] for k in ("step", "epoch", "train_s")} for r in history
-                                  if r["test_accuracy"] >= target), None) for target in TARGETS}
-  return {"reached": reached, "final_test_accuracy": history[-1]["test_accuracy"],
+  return {"reached": first_reached(history, TARGETS), "final_test_accuracy": history[-1]["test_accuracy"],
           "steps_trained": step, "train_s": round(train_s, 4), "eval_s": round(eval_s, 4),
           "compile_s": round(trainer.compile_s, 3),
           "train_images_per_s": round(step * config.batch_size / train_s, 1),
-          "eval_every": eval_every, "steps_per_dispatch": steps_per_dispatch,
+          "eval_every": eval_every, "steps_per_dispatch": config.steps_per_dispatch,
           "params_sha256": fingerprint.params_sha256(state.params), "history": history,
           "config": config.to_dict(), "environment": environment.fingerprint(), "final_state": state}
+
+
+def first_reached(history: list[dict[str, Any]], targets: tuple[float, ...]
+                  ) -> dict[str, dict[str, Any] | None]:
+  """For each target, the step, epoch and training seconds of the first evaluation at or above it."""
+  return {f"{target:g}": next(({k: r[k] for k in ("step", "epoch", "train_s")} for r in history
+                               if r["test_accuracy"] >= target), None) for target in targets}
 
 
 def summary_line(result: dict[str, Any]) -> str:
@@ -243,8 +216,7 @@ def main(argv: list[str]) -> None:
       export_npz(FLAGS.config, FLAGS.export_npz)
       print(f"wrote {FLAGS.export_npz}")
       sys.exit(0)
-    result = time_to_accuracy(FLAGS.config, eval_every=FLAGS.eval_every,
-                              steps_per_dispatch=FLAGS.steps_per_dispatch, data_npz=FLAGS.data_npz,
+    result = time_to_accuracy(FLAGS.config, eval_every=FLAGS.eval_every, data_npz=FLAGS.data_npz,
                               stop_at=FLAGS.stop_at)
   except (config_checks.ConfigError, input_pipeline.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -39,6 +39,7 @@ def test_shipped_configs_are_valid(get_config):
     ("keep_latest_checkpoints", 0),
     ("parallelism", "tpu_magic"),
     ("data.num_shards", -2),
+    ("steps_per_dispatch", 0),
 ])
 def test_bad_value_names_the_field(field, value):
   config = default.get_config()
@@ -83,6 +84,17 @@ def test_data_shards_must_fit_processes_and_batch():
   config.parallelism = "pmap"
   with pytest.raises(config_checks.ConfigError, match=r"config\.parallelism='pmap': .*one process"):
     config_checks.validate_config(config, num_devices=2, num_processes=2)
+
+
+def test_several_steps_per_dispatch_need_one_process_under_jit():
+  config = default.get_config()
+  config.steps_per_dispatch = 8
+  config_checks.validate_config(config, num_devices=2)
+  with pytest.raises(config_checks.ConfigError, match=r"config\.steps_per_dispatch=8: .*one process"):
+    config_checks.validate_config(config, num_devices=2, num_processes=2)
+  config.parallelism = "pmap"
+  with pytest.raises(config_checks.ConfigError, match=r"config\.steps_per_dispatch=8: .*jit"):
+    config_checks.validate_config(config)
 
 
 def test_cli_rejects_bad_value_in_one_line_before_any_compute(tmp_path):

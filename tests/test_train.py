@@ -116,3 +116,31 @@ def test_resuming_with_another_config_is_refused(smoke_config, tmp_path):
   smoke_config.learning_rate = 0.5
   with pytest.raises(config_checks.ConfigError, match=r"config\.learning_rate: differs"):
     train.train_and_evaluate(smoke_config, str(tmp_path / "run"))
+
+
+def test_dispatch_length_ends_at_every_boundary_the_loop_acts_on():
+  assert train.dispatch_length(0, 100, 8, 50, (6, 20)) == 6  # the log interval comes first
+  assert train.dispatch_length(16, 100, 8, 50, (20,)) == 4  # an evaluation at 20
+  assert train.dispatch_length(96, 100, 8, 50, ()) == 4  # the end of training
+  assert train.dispatch_length(0, 100, 80, 50, ()) == 50  # at most an epoch
+  assert train.dispatch_length(40, 100, 8, 50, (20,)) == 8
+
+
+def test_several_steps_per_dispatch_train_like_one_per_dispatch(smoke_config, tmp_path):
+  """lax.scan over steps: the same batches, keys and updates; logs, evaluations and checkpoints where
+  one step per dispatch puts them; numerics equal up to the last bits."""
+  smoke_config.num_train_steps = 12
+  smoke_config.log_every_steps = smoke_config.eval_every_steps = 6
+  smoke_config.checkpoint_every_steps = 6
+  one = train.train_and_evaluate(smoke_config, str(tmp_path / "one"))
+  smoke_config.steps_per_dispatch = 4  # dispatches of 4 + 2 steps between boundaries
+  many = train.train_and_evaluate(smoke_config, str(tmp_path / "many"))
+  records = {name: metric_logging.read_metrics(str(tmp_path / name)) for name in ("one", "many")}
+  assert [r["step"] for r in records["many"]] == [r["step"] for r in records["one"]]
+  for a, b in zip(records["one"], records["many"], strict=True):
+    for key in ("train_loss", "val_loss", "test_loss"):
+      if key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4)
+  assert abs(many["test_accuracy"] - one["test_accuracy"]) <= 0.002
+  assert sorted(p.name for p in (tmp_path / "many" / "checkpoints").iterdir() if p.name.isdigit()) == [
+      "12", "6"]
