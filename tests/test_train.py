@@ -130,8 +130,8 @@ def test_several_steps_per_dispatch_train_like_one_per_dispatch(smoke_config, tm
   """lax.scan over steps: the same batches, keys and updates; logs, evaluations and checkpoints where
   one step per dispatch puts them; numerics equal up to the last bits."""
   smoke_config.num_train_steps = 12
-  smoke_config.log_every_steps = smoke_config.eval_every_steps = 6
-  smoke_config.checkpoint_every_steps = 6
+  smoke_config.log_every_steps = smoke_config.checkpoint_every_steps = 6
+  smoke_config.eval_every_steps = 12
   one = train.train_and_evaluate(smoke_config, str(tmp_path / "one"))
   smoke_config.steps_per_dispatch = 4  # dispatches of 4 + 2 steps between boundaries
   many = train.train_and_evaluate(smoke_config, str(tmp_path / "many"))
