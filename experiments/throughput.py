@@ -34,6 +34,7 @@ from alexnet_jax import models, optimizers, parallel, train
 from experiments import environment
 
 FLAGS = flags.FLAGS
+TORCH_DTYPES = ("float32", "bfloat16")
 
 
 def define_flags() -> None:
@@ -42,7 +43,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
   flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
   flags.DEFINE_bool("torch", True, "Also measure the PyTorch reference (needs the `bench` extra).")
-  flags.DEFINE_list("torch_dtypes", ["float32", "bfloat16"], "PyTorch's dtypes: float32 and bfloat16 "
+  flags.DEFINE_list("torch_dtypes", list(TORCH_DTYPES), "PyTorch's dtypes: float32 and bfloat16 "
                     "(autocast, which takes minutes on a CPU without native bfloat16).")
   flags.DEFINE_string("json_out", "", "Also write the results to this JSON file.")
 
@@ -123,15 +124,14 @@ def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: 
   train_rate = _best_rate(run_train, steps, repeats, config.batch_size)
   eval_rate = _best_rate(run_eval, eval_steps(steps), repeats, config.eval_batch_size)
   memory = jax.devices()[0].memory_stats() or {}
-  return {"device_kind": jax.devices()[0].device_kind, "train_images_per_s": train_rate,
-          "eval_images_per_s": eval_rate,
+  return {"train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
           "train_compile_s": max(0.0, train_first_s - config.batch_size / train_rate),
           "eval_compile_s": max(0.0, eval_first_s - config.eval_batch_size / eval_rate),
           "device_peak_bytes": memory.get("peak_bytes_in_use"), "host_peak_rss_mib": peak_rss_mib()}
 
 
 def torch_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3,
-                     dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, Any]:
+                     dtypes: tuple[str, ...] = TORCH_DTYPES) -> dict[str, Any]:
   """The PyTorch reference: {"float32": {"nchw": ..., "channels_last": ...}, "bfloat16": {...}}."""
   from experiments import torch_reference  # noqa: PLC0415 - torch is an optional extra
 
@@ -163,8 +163,8 @@ def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[s
                  f"{ratio(r['train_images_per_s'], 'train_images_per_s')} | "
                  f"{ratio(r['eval_images_per_s'], 'eval_images_per_s')} |")
   if torch_results:
-    for dtype in ("float32", "bfloat16"):
-      for memory_format in ("nchw", "channels_last") if dtype in torch_results else ():
+    for dtype in (d for d in TORCH_DTYPES if d in torch_results):
+      for memory_format in ("nchw", "channels_last"):
         r = torch_results[dtype][memory_format]
         name = f"PyTorch {torch_results['torch_version']}, {dtype}, {memory_format}"
         lines.append(f"| {name} | {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | "
@@ -174,7 +174,7 @@ def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[s
 
 
 def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_torch: bool,
-            torch_dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, Any]:
+            torch_dtypes: tuple[str, ...] = TORCH_DTYPES) -> dict[str, Any]:
   jax_results = {}
   for dtype in ("float32", "bfloat16"):
     variant = ml_collections.ConfigDict(config.to_dict())

@@ -188,7 +188,7 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
           "train_images_per_s": round(step * config.batch_size / train_s, 1),
           "eval_every": eval_every, "steps_per_dispatch": config.steps_per_dispatch,
           "params_sha256": fingerprint.params_sha256(state.params), "history": history,
-          "config": config.to_dict(), "environment": environment.fingerprint(), "final_state": state}
+          "config": config.to_dict(), "environment": environment.fingerprint()}
 
 
 def first_reached(history: list[dict[str, Any]], targets: tuple[float, ...]
@@ -221,7 +221,6 @@ def main(argv: list[str]) -> None:
   except (config_checks.ConfigError, input_pipeline.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  result.pop("final_state")
   print(summary_line(result), flush=True)
   if FLAGS.json_out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)

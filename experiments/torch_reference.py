@@ -47,7 +47,7 @@ def _optimizer(config: ml_collections.ConfigDict, params) -> torch.optim.Optimiz
 
 
 def default_device() -> str:
-  """Where JAX's default backend is a GPU, the reference runs on the GPU too; else on the CPU."""
+  """The CUDA GPU where PyTorch sees one (as JAX would use it), else the CPU."""
   return "cuda" if torch.cuda.is_available() else "cpu"
 
 
