@@ -210,14 +210,20 @@ def all_finite(tree: Any) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------
 
 
-def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
-             ) -> dict[str, float]:
-  """Loss, accuracy and the exact number of examples counted over a whole split."""
+def evaluate_sums(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
+                  ) -> dict[str, jax.Array]:
+  """`eval_step`'s sums over every batch of a split (the last one padded and masked, never dropped)."""
   totals = None
   for batch in input_pipeline.eval_batches(split, batch_size):
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  return totals
+
+
+def evaluate_split(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
+                   ) -> dict[str, float]:
+  """Loss, accuracy and the exact number of examples counted over a whole split."""
+  totals = jax.device_get(evaluate_sums(eval_fn, state, split, batch_size))
   count = float(totals["count"])
   return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count,
           "count": int(round(count))}
@@ -391,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         n == "validation" or config.eval_test_during_training or step == total_steps)]
     for name in eval_names:
       prefix = "val" if name == "validation" else name
-      result = evaluate(eval_fn, state, splits[name], config.eval_batch_size)
+      result = evaluate_split(eval_fn, state, splits[name], config.eval_batch_size)
       record.update({f"{prefix}_{k}": v for k, v in result.items()})
     save(state, record.get("val_accuracy"))
     if step == total_steps:

@@ -163,7 +163,7 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
   trainer = _Trainer(config, state, train_split, strategy=strategy, rngs=(data_rng, train_rng),
                      eval_every=eval_every)
   eval_fn = strategy.compile_eval(train.eval_step)
-  train.evaluate(eval_fn, state, test_split, config.eval_batch_size)  # compiles evaluation
+  train.evaluate_split(eval_fn, state, test_split, config.eval_batch_size)  # compiles evaluation
   log(f"compiled in {trainer.compile_s:.1f} s; training {total_steps} steps of {config.batch_size}, "
       f"{steps_per_epoch} per epoch, on {jax.device_count()} x {jax.devices()[0].device_kind}")
 
@@ -175,7 +175,7 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
     train_s += time.perf_counter() - start
     step += num_steps
     start = time.perf_counter()
-    result = train.evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    result = train.evaluate_split(eval_fn, state, test_split, config.eval_batch_size)
     eval_s += time.perf_counter() - start
     history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "train_s": round(train_s, 4),
                     "test_accuracy": result["accuracy"], "test_count": result["count"]})
