@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 BEST_METRIC = "val_accuracy"
+ITEM_NAME = "default"  # where CheckpointManager puts a single unnamed item
 
 
 class CheckpointError(RuntimeError):
@@ -71,6 +72,17 @@ class Checkpointer:
     """Restores `step` into the structure, dtypes and shardings of `target`."""
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
 
+  def restore_subtree(self, step: int, target: Any) -> Any:
+    """Restores only the leaves named in `target`, a subtree of what was saved (for inference: params
+    and batch statistics, not the optimizer state), as host arrays."""
+    # A PyTree checkpointer of its own: the manager binds its item to the StandardSave handler, which
+    # has no partial restore; both write the same format.
+    path = os.path.join(self.directory, str(step), ITEM_NAME)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+
   def restore_latest(self, target: Any) -> tuple[Any, int] | tuple[None, None]:
     """The newest checkpoint that restores, falling back past corrupt ones; (None, None) if none."""
     for step in sorted(self._manager.all_steps(), reverse=True):
@@ -108,7 +120,11 @@ def resolve_step(checkpointer: Checkpointer, which: str) -> int:
   if which == "latest":
     return steps[-1]
   if which == "best":
-    return checkpointer.best_step()
+    best = checkpointer.best_step()
+    if best is None:  # Orbax would restore the latest instead: say so rather than guess.
+      raise CheckpointError(f"no checkpoint in {checkpointer.directory} carries a validation accuracy to "
+                            "rank by (trained with data.validation_size=0?); use latest or a step")
+    return best
   if which.isdigit() and int(which) in steps:
     return int(which)
   raise CheckpointError(f"checkpoint {which!r} not found in {checkpointer.directory}; "

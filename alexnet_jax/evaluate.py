@@ -13,7 +13,6 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
@@ -22,53 +21,17 @@ from alexnet_jax import (
     classification_metrics,
     input_pipeline,
     metric_logging,
-    models,
-    optimizers,
     report_plots,
-    train,
+    trained_run,
 )
 
 FLAGS = flags.FLAGS
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise checkpointing.CheckpointError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def restore_state(config: ml_collections.ConfigDict, workdir: str, which: str
-                  ) -> tuple[train.TrainState, int]:
-  """The TrainState saved at `which` (best | latest | a step) in `workdir`."""
-  model = models.create_model(config.model)
-  template = train.create_train_state(model, optimizers.create_optimizer(config, 1), jax.random.key(0))
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-  try:
-    step = checkpointing.resolve_step(checkpointer, which)
-    return checkpointer.restore(step, template), step
-  finally:
-    checkpointer.close()
-
-
-def probability_fn(state: train.TrainState):
-  """A jitted function: uint8 images (N, 28, 28, 1) -> softmax probabilities (N, classes)."""
-
-  @jax.jit
-  def probabilities(variables, images):
-    logits = state.apply_fn(variables, input_pipeline.normalize(images), train=False)
-    return jax.nn.softmax(logits)
-
-  # The weights go in as arguments: closed over, they would be compiled into the program as constants.
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  return lambda images: probabilities(variables, images)
-
-
-def predict_probabilities(state: train.TrainState, split: input_pipeline.Split, batch_size: int
+def predict_probabilities(run: trained_run.TrainedRun, split: input_pipeline.Split, batch_size: int
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Softmax probabilities, labels and images of every real (unmasked) example of the split."""
-  probabilities = probability_fn(state)
+  probabilities = run.probabilities_fn()
   outputs = [probabilities(batch["image"]) for batch in input_pipeline.eval_batches(split, batch_size)]
   keep = np.asarray(split.mask) > 0
   return (np.concatenate(jax.device_get(outputs))[keep], np.asarray(split.labels)[keep],
@@ -77,14 +40,13 @@ def predict_probabilities(state: train.TrainState, split: input_pipeline.Split, 
 
 def evaluate_run(workdir: str, which: str = "best", split_name: str = "test") -> dict:
   """Writes DIR/report/ and returns its metrics."""
-  config = load_run_config(workdir)
-  state, step = restore_state(config, workdir, which)
+  run = trained_run.load(workdir, which)
+  config = run.config
   splits = input_pipeline.load_mnist(config.data, config.eval_batch_size)
   if split_name not in splits:
     raise checkpointing.CheckpointError(f"split {split_name!r} is not part of this run's data")
-  probabilities, labels, images = predict_probabilities(state, splits[split_name],
-                                                        config.eval_batch_size)
-  metrics = {"workdir": os.path.abspath(workdir), "checkpoint_step": step, "split": split_name,
+  probabilities, labels, images = predict_probabilities(run, splits[split_name], config.eval_batch_size)
+  metrics = {"workdir": run.workdir, "checkpoint_step": run.step, "split": split_name,
              **classification_metrics.classification_report(probabilities, labels)}
   report_dir = os.path.join(workdir, "report")
   os.makedirs(report_dir, exist_ok=True)
@@ -94,8 +56,6 @@ def evaluate_run(workdir: str, which: str = "best", split_name: str = "test") ->
                          probabilities=probabilities, labels=labels, images=images)
   report_plots.write_markdown(report_dir, metrics)
   return metrics
-
-
 
 
 def main(argv: list[str]) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -38,8 +40,21 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+def _remove_event_files(directory: str) -> None:
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if name.startswith(EVENT_FILE_PREFIX):
+        os.remove(os.path.join(directory, name))
+
+
 class MetricWriter:
-  """Appends records to metrics.jsonl and TensorBoard; a no-op except on process 0."""
+  """Appends records to metrics.jsonl and TensorBoard; a no-op except on process 0.
+
+  TensorBoard's event files are derived from metrics.jsonl, the run's record of truth: a new writer
+  replaces them with one fresh event file holding every record metrics.jsonl keeps. After a resume
+  (metrics.jsonl cut back to the restored checkpoint) TensorBoard therefore shows each step once, as
+  metrics.jsonl does, instead of the lost future and its replacement side by side.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
@@ -49,7 +64,17 @@ class MetricWriter:
       # clu's writer brings TensorBoard's event format; imported here to keep the module light.
       from clu import metric_writers  # noqa: PLC0415
 
-      self._summary_writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
+      _remove_event_files(tensorboard_dir)
+      self._summary_writer = metric_writers.SummaryWriter(tensorboard_dir)
+      for record in read_metrics(workdir):
+        self._write_scalars(record)
+
+  def _write_scalars(self, record: dict[str, Any]) -> None:
+    scalars = {k: v for k, v in record.items() if k not in ("step", "epoch") and isinstance(v, (int, float))
+               and not isinstance(v, bool) and math.isfinite(v)}
+    if scalars:
+      self._summary_writer.write_scalars(int(record["step"]), scalars)
 
   def write(self, step: int, epoch: float, **metrics: Any) -> dict[str, Any]:
     """Appends one record (on process 0) and returns it."""
@@ -58,10 +83,7 @@ class MetricWriter:
       return record
     with open(self._path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    scalars = {k: v for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    if scalars:
-      self._summary_writer.write_scalars(int(step), scalars)
+    self._write_scalars(record)
     return record
 
   def flush(self) -> None:

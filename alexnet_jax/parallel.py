@@ -56,8 +56,8 @@ class JitDataParallel:
   def place_state(self, state: Any) -> Any:
     return jax.device_put(state, self.replicated)
 
-  def host_state(self, state: Any) -> Any:
-    """The state as checkpoints and fingerprints see it."""
+  def logical_state(self, state: Any) -> Any:
+    """One logical copy of the state (what checkpoints and fingerprints see): already so under jit."""
     return state
 
   def compile_train(self, step_fn: Callable) -> Callable:
@@ -90,7 +90,8 @@ class PmapDataParallel:
   def place_state(self, state: Any) -> Any:
     return flax.jax_utils.replicate(state, self.devices)
 
-  def host_state(self, state: Any) -> Any:
+  def logical_state(self, state: Any) -> Any:
+    """One logical copy of the state: the first device's (all are equal)."""
     return flax.jax_utils.unreplicate(state)
 
   def compile_train(self, step_fn: Callable) -> Callable:

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
-from alexnet_jax import checkpointing, evaluate, input_pipeline, train
+from alexnet_jax import checkpointing, input_pipeline, trained_run
 
 MNIST_SIZE = 28
 DIGIT_BOX = 20  # MNIST digits are scaled so that their longest side fits 20 pixels
@@ -140,10 +140,10 @@ def _padded_size(count: int, limit: int) -> int:
 class Predictor:
   """A restored network: call it on images, get softmax probabilities (N, 10)."""
 
-  def __init__(self, state: train.TrainState, checkpoint_step: int, batch_size: int = 256):
-    self.checkpoint_step = checkpoint_step
+  def __init__(self, run: trained_run.TrainedRun, batch_size: int = 256):
+    self.checkpoint_step = run.step
     self.batch_size = batch_size
-    self._probabilities = evaluate.probability_fn(state)
+    self._probabilities = run.probabilities_fn()
 
   def __call__(self, images: Sequence[np.ndarray] | np.ndarray, preprocessed: bool = False
                ) -> np.ndarray:
@@ -162,9 +162,8 @@ class Predictor:
 
 def load_predictor(workdir: str, checkpoint: str = "best") -> Predictor:
   """Restores `workdir`'s checkpoint (best | latest | a step) once."""
-  config = evaluate.load_run_config(workdir)
-  state, step = evaluate.restore_state(config, workdir, checkpoint)
-  return Predictor(state, step, batch_size=config.eval_batch_size)
+  run = trained_run.load(workdir, checkpoint)
+  return Predictor(run, batch_size=run.config.eval_batch_size)
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:

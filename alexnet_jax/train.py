@@ -1,8 +1,9 @@
 """Training and evaluation: pure step functions and one top-to-bottom loop.
 
-`train_step(state, batch, rng) -> (state, metrics)` and `eval_step(state, batch) -> sums` are pure; the
-loop compiles them with `jax.jit` over a device `Mesh` (batch sharded, state replicated and donated) and
-does everything else: data order, logging, evaluation, checkpoints, resume, preemption and the NaN guard.
+`train_step(state, batch, rng) -> (state, metrics)` and `eval_step(state, batch) -> sums` are pure.
+`engine.Engine` compiles them with `jax.jit` over a device `Mesh` (batch sharded, state replicated and
+donated) and feeds them each step's batch; `train_and_evaluate` is the loop's policy around it: logging,
+evaluation, checkpoints, resume, preemption and the NaN guard.
 
 Randomness: one key from `config.seed`, split by `fold_in` into init / train / data streams. Step s uses
 `fold_in(train_rng, s)`; epoch e's example order uses `fold_in(data_rng, e)`. Nothing depends on how
@@ -12,10 +13,10 @@ many steps ran in this process, so a resumed run follows the uninterrupted one b
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -32,12 +33,11 @@ from alexnet_jax import (
     augmentation,
     checkpointing,
     config_checks,
+    engine,
     fingerprint,
     input_pipeline,
     metric_logging,
     models,
-    optimizers,
-    parallel,
 )
 
 # Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, the shell's way).
@@ -147,18 +147,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def train_steps(state: TrainState, data: tuple[jax.Array, jax.Array], rngs: tuple[jax.Array, jax.Array],
-                first_step: jax.Array, *, num_steps: int, steps_per_epoch: int, batch_size: int,
-                options: StepOptions, batch_sharding: jax.sharding.Sharding | None = None
+def train_steps(state: TrainState, data: tuple[jax.Array, jax.Array], first_step: jax.Array, *,
+                train_rng: jax.Array, data_rng: jax.Array, num_steps: int, steps_per_epoch: int,
+                batch_size: int, options: StepOptions, batch_sharding: jax.sharding.Sharding | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`num_steps` (<= steps_per_epoch) consecutive `train_step`s in one program (`lax.scan`), each
   gathering its batch on the device in the loop's order; returns the state and per-step metrics.
 
-  `data` is the training split's (images, labels), `rngs` the run's (data, train) keys. One dispatch then
-  covers many steps, which pays where a step is shorter than the host's dispatch (GPUs at small batch).
+  `data` is the training split's (images, labels); `train_rng` and `data_rng` are the run's streams
+  (engine.RngStreams). One dispatch then covers many steps, which pays where a step is shorter than the
+  host's dispatch (GPUs at small batch).
   """
   images, labels = data
-  data_rng, train_rng = rngs
   # A dispatch spans at most two epochs, whose example orders are drawn once, not once per step.
   first_epoch = first_step // steps_per_epoch
   permutations = jnp.stack([input_pipeline.epoch_permutation(data_rng, first_epoch + i, images.shape[0])
@@ -172,16 +172,6 @@ def train_steps(state: TrainState, data: tuple[jax.Array, jax.Array], rngs: tupl
     return train_step(state, batch, train_rng, options)
 
   return jax.lax.scan(one_step, state, first_step + jnp.arange(num_steps))
-
-
-def dispatch_length(step: int, total_steps: int, steps_per_dispatch: int, steps_per_epoch: int,
-                    boundaries: tuple[int, ...]) -> int:
-  """Steps in the next dispatch from `step`: at most steps_per_dispatch and an epoch, and ending at the
-  next multiple of each of `boundaries` (log, eval, checkpoint intervals) so that none is skipped."""
-  length = min(steps_per_dispatch, total_steps - step, steps_per_epoch)
-  for every in boundaries:
-    length = min(length, every - step % every)
-  return length
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None
@@ -229,22 +219,6 @@ def evaluate_split(eval_fn, state: TrainState, split: input_pipeline.Split, batc
           "count": int(round(count))}
 
 
-def step_counts(config: ml_collections.ConfigDict, num_shards: int = 1) -> tuple[int, int]:
-  """(steps per epoch, total training steps) of a run whose training split is cut into `num_shards`."""
-  # tfds.even_splits gives the remainder to the first shards: the last shard is the smallest.
-  smallest_shard = (input_pipeline.MNIST_TRAIN_SIZE - config.data.validation_size) // num_shards
-  steps_per_epoch = smallest_shard // (config.batch_size // num_shards)
-  total_steps = (config.num_train_steps if config.num_train_steps != -1
-                 else round(config.num_epochs * steps_per_epoch))
-  return steps_per_epoch, total_steps
-
-
-def rng_streams(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(init, train, data) keys: every random draw of a run comes from one of them."""
-  root_rng = jax.random.key(seed)
-  return tuple(jax.random.fold_in(root_rng, i) for i in range(3))
-
-
 # Fields that may differ when a run is resumed: where the data lives does not change the run.
 _RESUMABLE_FIELDS = ("data.data_dir", "data.manual_dir")
 
@@ -276,183 +250,143 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     json.dump(new, f, indent=2, sort_keys=True)
 
 
+
 class _PreemptionFlag:
-  """Turns SIGTERM into a flag that the loop polls between steps."""
+  """Turns SIGTERM into a flag that the loop polls between dispatches.
+
+  Python runs signal handlers in the main thread only, and only the main thread may install one: called
+  from another thread (a notebook's executor, a server), the loop runs without preemption handling.
+  """
 
   def __init__(self):
     self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._installed = threading.current_thread() is threading.main_thread()
+    if self._installed:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.raised = True
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_of(pending_metrics: list[dict[str, jax.Array]], key: str) -> float:
+  """The mean of one metric over every step since the last log (dispatches hold one or many)."""
+  return float(np.mean(np.concatenate([np.ravel(m[key]) for m in jax.device_get(pending_metrics)])))
+
+
+def _divergence_message(what: str, step: int, last_good_step: int | None, directory: str) -> str:
+  return (f"{what} by step {step}; last good checkpoint: step {last_good_step} in {directory}; "
+          "try a lower learning_rate")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) a run in `workdir` and returns its final record."""
-  # --- Config, devices, output directory ------------------------------------------------------------
-  config_checks.validate_config(config, num_devices=jax.device_count(),
-                                num_processes=jax.process_count())
+  """Trains (or resumes) a run in `workdir` and returns its final record.
+
+  This is the loop's policy: when to log, evaluate, save and stop. How a step runs (devices, data order,
+  compiled programs) is `engine.Engine`'s, shared with the experiments.
+  """
+  # --- Setup: config, devices, data, initial state -------------------------------------------------
+  run = engine.Engine(config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_chief:
     _write_config(config, workdir)
-  mesh = parallel.create_mesh()
-  replicated = parallel.replicated(mesh)
-  strategy = parallel.create_strategy(config.parallelism, mesh)
   logging.info("devices: %d x %s, data-parallel by %s", jax.device_count(),
-               jax.devices()[0].device_kind, strategy.name)
-
-  # --- Data ----------------------------------------------------------------------------------------
-  layout = input_pipeline.DataLayout(num_shards=config.data.num_shards or jax.process_count(),
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-  # Each process keeps its own share on its own devices.
-  local_replicated = parallel.replicated(parallel.create_mesh(jax.local_devices()))
-  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size, local_replicated, layout)
-  train_shards = splits["train"]
-  shard_batch_size = config.batch_size // layout.num_shards
-  steps_per_epoch, total_steps = step_counts(config, layout.num_shards)
+               jax.devices()[0].device_kind, run.strategy.name)
+  splits = run.load_data()
+  total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
-  has_validation = "validation" in splits
-
-  # --- Model, optimizer, state ---------------------------------------------------------------------
-  init_rng, train_rng, data_rng = rng_streams(config.seed)
-  model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name)
-  optimizer = optimizers.create_optimizer(config, total_steps)
-  schedule = optimizers.create_schedule(config, total_steps)
-  state = jax.jit(functools.partial(create_train_state, model, optimizer),
-                  out_shardings=replicated)(init_rng)
+  state = run.initial_state()
   logging.info("parameters: %d", sum(x.size for x in jax.tree.leaves(state.params)))
 
   # --- Resume --------------------------------------------------------------------------------------
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep_latest=config.keep_latest_checkpoints,
-      track_best=has_validation)
+      track_best="validation" in splits)
   restored, restored_step = checkpointer.restore_latest(state)
   if is_chief:  # Records written after the checkpoint we continue from describe a lost future.
     metric_logging.truncate_metrics(workdir, restored_step or 0)
-  elapsed_offset = 0.0
+  previous = metric_logging.read_metrics(workdir)
+  elapsed_offset = max([r.get("elapsed_s", 0.0) for r in previous], default=0.0)
   if restored is not None:
     state = restored
-    previous = metric_logging.read_metrics(workdir)
-    elapsed_offset = max([r.get("elapsed_s", 0.0) for r in previous], default=0.0)
     logging.info("resumed from the checkpoint at step %d", restored_step)
     if restored_step >= total_steps and previous and "params_sha256" in previous[-1]:
       logging.info("run already finished: params_sha256 %s", previous[-1]["params_sha256"])
       checkpointer.close()
       return previous[-1]
+  state = run.place(state)
+  step = restored_step or 0
 
-  state = strategy.place_state(state)
-
-  # --- Compiled functions --------------------------------------------------------------------------
-  train_fn = strategy.compile_train(
-      functools.partial(train_step, options=StepOptions.from_config(config)))
-  eval_fn = strategy.compile_eval(eval_step)
-  take_fn = jax.jit(input_pipeline.take_local_batch, static_argnames="batch_size")
-  permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
-                           out_shardings=local_replicated)
-  shard_arrays = tuple((shard.images, shard.labels) for shard in train_shards)
-  finite_fn = jax.jit(all_finite)
-  multi_step_fn = None
-  if config.steps_per_dispatch > 1:
-    if jax.default_backend() == "cpu":
-      logging.warning("steps_per_dispatch=%d on a CPU: XLA's CPU backend runs a step inside a loop "
-                      "(lax.scan) many times slower than alone; 1 is faster there",
-                      config.steps_per_dispatch)
-    multi_step_fn = jax.jit(
-        functools.partial(train_steps, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
-                          options=StepOptions.from_config(config), batch_sharding=strategy.batch_sharding),
-        static_argnames="num_steps", donate_argnums=0)
-  boundaries = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
-
-  # --- Training loop -------------------------------------------------------------------------------
+  # --- What happens between steps ------------------------------------------------------------------
   writer = metric_logging.MetricWriter(workdir, enabled=is_chief)
-  step = int(strategy.host_state(state).step)
   progress = metric_logging.ProgressLine(total_steps, config.batch_size, first_step=step)
-  preemption = _PreemptionFlag()
   start_time = time.perf_counter()
-  pending_metrics, permutations, permutation_epoch = [], None, None
   last_good_step = checkpointer.latest_step()
+  finite_fn = jax.jit(all_finite)
 
   def elapsed() -> float:
     return round(elapsed_offset + time.perf_counter() - start_time, 3)
 
   def save(state, val_accuracy=None):
     nonlocal last_good_step
-    state = strategy.host_state(state)
+    state = run.logical(state)
     if not bool(finite_fn(state.params)):
-      raise NonFiniteLossError(
-          f"parameters became non-finite by step {int(state.step)}; last good checkpoint: step "
-          f"{last_good_step} in {checkpointer.directory}; try a lower learning_rate")
+      raise NonFiniteLossError(_divergence_message("parameters became non-finite", int(state.step),
+                                                   last_good_step, checkpointer.directory))
     checkpointer.save(int(state.step), state, val_accuracy)
     last_good_step = int(state.step)
 
+  def log_training(step, pending_metrics):
+    loss, accuracy = _mean_of(pending_metrics, "loss"), _mean_of(pending_metrics, "accuracy")
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(_divergence_message(f"non-finite training loss ({loss})", step,
+                                                   last_good_step, checkpointer.directory))
+    images_per_s = progress.report(step, step / steps_per_epoch, loss, accuracy)
+    writer.write(step, step / steps_per_epoch, train_loss=loss, train_accuracy=accuracy,
+                 learning_rate=float(run.schedule(step - 1)), images_per_s=round(images_per_s, 2),
+                 elapsed_s=elapsed())
+
   def evaluate_save_and_record(state, step) -> dict[str, Any]:
+    jax.block_until_ready(state)  # Steps still in flight count as training time, not eval time.
+    eval_start = time.perf_counter()
     record = {}
-    eval_names = [n for n in ("validation", "test") if n in splits and (
-        n == "validation" or config.eval_test_during_training or step == total_steps)]
-    for name in eval_names:
-      prefix = "val" if name == "validation" else name
-      result = evaluate_split(eval_fn, state, splits[name], config.eval_batch_size)
-      record.update({f"{prefix}_{k}": v for k, v in result.items()})
+    for name in ("validation", "test"):
+      if name in splits and (name == "validation" or config.eval_test_during_training
+                             or step == total_steps):
+        prefix = "val" if name == "validation" else name
+        record.update({f"{prefix}_{k}": v for k, v in run.evaluate(state, splits[name]).items()})
     save(state, record.get("val_accuracy"))
     if step == total_steps:
-      record["params_sha256"] = fingerprint.params_sha256(strategy.host_state(state).params)
+      record["params_sha256"] = fingerprint.params_sha256(run.logical(state).params)
     record["elapsed_s"] = elapsed()
     logging.info("step %d  %s", step, "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    progress.exclude(time.perf_counter() - eval_start)
     return writer.write(step, step / steps_per_epoch, **record)
 
+  # --- Training loop -------------------------------------------------------------------------------
   logging.info("training %d steps (%d per epoch) from step %d", total_steps, steps_per_epoch, step)
-  final_record = None
+  boundaries = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
+  preemption = _PreemptionFlag()
+  pending_metrics, final_record = [], None
   try:
     while step < total_steps:
-      if multi_step_fn is not None:  # Several steps per dispatch, batches gathered inside.
-        num_steps = dispatch_length(step, total_steps, config.steps_per_dispatch, steps_per_epoch,
-                                    boundaries)
-        state, metrics = multi_step_fn(state, shard_arrays[0], (data_rng, train_rng), step,
-                                       num_steps=num_steps)
-      else:
-        epoch, index = divmod(step, steps_per_epoch)
-        if permutation_epoch != epoch:
-          permutations = tuple(
-              permutation_fn(input_pipeline.shard_rng(data_rng, shard_id, layout.num_shards), epoch,
-                             shard.num_examples)
-              for shard_id, shard in zip(layout.local_shards, train_shards, strict=True))
-          permutation_epoch = epoch
-        batch = take_fn(shard_arrays, permutations, index, batch_size=shard_batch_size)
-        state, metrics = train_fn(state, strategy.shard_batch(batch), train_rng)
-        num_steps = 1
-      pending_metrics.append(metrics)
+      num_steps = run.dispatch_length(step, boundaries)
+      state, metrics = run.advance(state, step, num_steps)
+      pending_metrics += metrics
       step += num_steps
-      epoch_float = step / steps_per_epoch
-
       if step % config.log_every_steps == 0 or step == total_steps:
-        host_metrics = jax.device_get(pending_metrics)
+        log_training(step, pending_metrics)
         pending_metrics = []
-        loss = float(np.mean(np.concatenate([np.ravel(m["loss"]) for m in host_metrics])))
-        accuracy = float(np.mean(np.concatenate([np.ravel(m["accuracy"]) for m in host_metrics])))
-        if not np.isfinite(loss):
-          raise NonFiniteLossError(
-              f"non-finite training loss ({loss}) by step {step}; last good checkpoint: step "
-              f"{last_good_step} in {checkpointer.directory}; try a lower learning_rate")
-        images_per_s = progress.report(step, epoch_float, loss, accuracy)
-        writer.write(step, epoch_float, train_loss=loss, train_accuracy=accuracy,
-                     learning_rate=float(schedule(step - 1)), images_per_s=round(images_per_s, 2),
-                     elapsed_s=elapsed())
-
       if step % eval_every == 0 or step == total_steps:
-        jax.block_until_ready(state)  # Steps still in flight count as training time, not eval time.
-        eval_start = time.perf_counter()
         final_record = evaluate_save_and_record(state, step)
-        progress.exclude(time.perf_counter() - eval_start)
       elif step % config.checkpoint_every_steps == 0:
         save(state)
-
       if preemption.raised:
         save(state)
         checkpointer.wait_until_finished()
@@ -462,7 +396,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       final_record = evaluate_save_and_record(state, step)
   finally:
     preemption.restore()
-    writer.flush()
     writer.close()
     checkpointer.wait_until_finished()
     checkpointer.close()

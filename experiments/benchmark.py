@@ -11,7 +11,8 @@
 3. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
    params_sha256 is compared with the first run's: match or mismatch.
 
-Writes ROOT/benchmark.json and ROOT/benchmark.md, both with the hardware and software fingerprint.
+Writes ROOT/benchmark.json and ROOT/benchmark.md, both with a description of the hardware and software
+(experiments/environment.py).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> None:
   root = os.path.abspath(FLAGS.root)
   os.makedirs(root, exist_ok=True)
   result: dict[str, Any] = {"config_path": config_path, "overrides": overrides,
-                            "environment": environment.fingerprint(),
+                            "environment": environment.describe(),
                             "target": {"metric": FLAGS.target_metric, "value": FLAGS.target}}
   if FLAGS.throughput:
     result["throughput"] = throughput.measure(FLAGS.config, FLAGS.throughput_steps, 3, FLAGS.torch)

@@ -27,7 +27,8 @@ def _cpuinfo() -> tuple[str, list[str]]:
   return model, [f for f in CPU_FEATURES if f in flags]
 
 
-def fingerprint() -> dict[str, Any]:
+def describe() -> dict[str, Any]:
+  """The hardware and software a result was measured on (package versions, CPU, devices)."""
   versions = {}
   for package in PACKAGES:
     try:

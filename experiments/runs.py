@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -18,10 +17,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
-from alexnet_jax import metric_logging, models, summary
+from alexnet_jax import metric_logging, models, summary, trained_run
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,11 +110,6 @@ class RunPool:
     return {s.name: codes.get(s.name, 0) for s in specs}
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def first_reaching(records: list[dict[str, Any]], key: str, target: float) -> dict[str, Any] | None:
   return next((r for r in records if r.get(key, -1.0) >= target), None)
 
@@ -129,7 +122,7 @@ def summarize_run(workdir: str, target: float, target_metric: str = "train_accur
   """
   records = metric_logging.read_metrics(workdir)
   final = records[-1]
-  config = read_config(workdir)
+  config = trained_run.load_config(workdir)
   train_records = [r for r in records if "train_accuracy" in r]
   reached = first_reaching(records, target_metric, target)
   rows = summary.layer_table(models.create_model(config.model))

@@ -16,7 +16,6 @@ comparison is, if anything, unfair to JAX.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import resource
@@ -30,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from alexnet_jax import models, optimizers, parallel, train
+from alexnet_jax import engine, models
 from experiments import environment
 
 FLAGS = flags.FLAGS
@@ -82,25 +81,23 @@ def peak_rss_mib() -> float:
 
 
 def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3) -> dict[str, Any]:
-  """Train and eval images/s of the project's steps, after compilation, and the compile times."""
-  mesh = parallel.create_mesh()
-  strategy = parallel.create_strategy(config.parallelism, mesh)
-  model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name)
-  state = train.create_train_state(model, optimizers.create_optimizer(config, 10_000), jax.random.key(0))
-  state = strategy.place_state(state)
+  """Train and eval images/s of the project's steps, after compilation, and the compile times.
+
+  The steps are the training loop's own (`engine.Engine`'s compiled functions) on random device-resident
+  batches, so that reading data costs nothing here."""
+  run = engine.Engine(config)
+  state = run.place(run.initial_state())
   rng = np.random.default_rng(0)
 
   def batch(size: int) -> dict[str, jax.Array]:
-    return strategy.shard_batch({
+    return run.strategy.shard_batch({
         "image": jax.numpy.asarray(rng.integers(0, 256, (size, *models.INPUT_SHAPE), np.uint8)),
         "label": jax.numpy.asarray(rng.integers(0, 10, (size,), np.int32)),
         "mask": jax.numpy.ones((size,), np.float32)})
 
   train_batch, eval_batch = batch(config.batch_size), batch(config.eval_batch_size)
-  step_rng = jax.random.key(1)
-  train_fn = strategy.compile_train(
-      functools.partial(train.train_step, options=train.StepOptions.from_config(config)))
-  eval_fn = strategy.compile_eval(train.eval_step)
+  step_rng = run.rngs.train
+  train_fn, eval_fn = run.train_fn, run.eval_fn
 
   # The first calls compile (and run one step each); the steady-state step time is subtracted below.
   start = time.perf_counter()
@@ -181,7 +178,7 @@ def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_to
     variant.model.dtype = dtype
     jax_results[dtype] = jax_throughput(variant, steps, repeats)
   torch_results = torch_throughput(config, steps, repeats, torch_dtypes) if with_torch else None
-  return {"environment": environment.fingerprint(), "jax": jax_results, "torch": torch_results,
+  return {"environment": environment.describe(), "jax": jax_results, "torch": torch_results,
           "batch_size": config.batch_size,
           "eval_batch_size": config.eval_batch_size, "optimizer": config.optimizer,
           "augment": config.data.augment, "table": markdown_table(jax_results, torch_results)}

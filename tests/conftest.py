@@ -1,17 +1,151 @@
-"""Shared fixtures: the real MNIST files, prepared once per session with the real TFDS builder."""
+"""Shared fixtures and helpers.
+
+Two tiers: `pytest -m "not slow"` (under two minutes) and the whole suite. A test is `slow` when it needs
+the real MNIST files (any test using the `mnist_data_dir` fixture is marked so automatically, below) or
+starts subprocesses (marked in its module). The fast tier trains on `synthetic_mnist`: TFDS's reading
+replaced by in-memory synthetic digits of MNIST's split sizes, everything after it the real code.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 import pathlib
+import re
+import socket
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from alexnet_jax import input_pipeline, train
+from alexnet_jax import input_pipeline, metric_logging, train
 from configs import default, smoke
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_FILES = input_pipeline.MNIST_FILES
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if "mnist_data_dir" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)
+
+
+# --- Helpers -----------------------------------------------------------------------------------------
+
+
+def saved_steps(workdir) -> list[int]:
+  """The checkpoint steps on disk in a run's workdir."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def train_losses(records: list[dict]) -> np.ndarray:
+  """The logged training losses of a run's metrics records."""
+  return np.array([r["train_loss"] for r in records if "train_loss" in r])
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def tensorboard_steps(workdir) -> dict[str, list[int]]:
+  """tag -> the step of every scalar event in the run's TensorBoard files, in file order (repeats
+  included: a reader would show each one)."""
+  from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+  steps: dict[str, list[int]] = {}
+  pattern = os.path.join(str(workdir), metric_logging.TENSORBOARD_DIR, metric_logging.EVENT_FILE_PREFIX + "*")
+  for path in sorted(glob.glob(pattern)):
+    for event in event_file_loader.EventFileLoader(path).Load():
+      for value in event.summary.value:
+        steps.setdefault(value.tag, []).append(int(event.step))
+  return steps
+
+
+# --- Synthetic MNIST for the fast tier ----------------------------------------------------------------
+
+
+def synthetic_digits(count: int, seed: int) -> dict[str, np.ndarray]:
+  """Noisy 28x28 images whose class is the row of a bright bar: learnable within a few steps."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, (count,)).astype(np.int64)
+  images = rng.integers(0, 60, (count, 28, 28, 1), dtype=np.uint8)
+  rows = 2 * labels + 4
+  for offset in range(3):
+    images[np.arange(count), rows + offset, 4:24] = 255
+  return {"image": images, "label": labels}
+
+
+class _SyntheticBuilder:
+  """Stands in for the prepared TFDS `mnist` builder: the same split names and sizes."""
+
+  SIZES = {"train": input_pipeline.MNIST_TRAIN_SIZE, "test": 10000}
+
+  def __init__(self):
+    self._arrays = {name: synthetic_digits(size, seed)
+                    for seed, (name, size) in enumerate(self.SIZES.items())}
+    self.info = SimpleNamespace(splits=_SplitSizes(self))
+
+  def read(self, split: str) -> dict[str, np.ndarray]:
+    match = re.fullmatch(r"(train|test)(?:\[(\d*):(\d*)\])?", split)
+    if match is None:
+      raise ValueError(f"synthetic MNIST reads plain or [a:b] splits, not {split!r}")
+    name, start, stop = match.groups()
+    part = slice(int(start) if start else None, int(stop) if stop else None)
+    return {key: value[part] for key, value in self._arrays[name].items()}
+
+
+class _SplitSizes:
+  def __init__(self, builder: _SyntheticBuilder):
+    self._builder = builder
+
+  def __getitem__(self, split: str) -> SimpleNamespace:
+    return SimpleNamespace(num_examples=len(self._builder.read(split)["label"]))
+
+
+@pytest.fixture(scope="session")
+def _synthetic_builder() -> _SyntheticBuilder:
+  return _SyntheticBuilder()
+
+
+def _use_synthetic(monkeypatch: pytest.MonkeyPatch, builder: _SyntheticBuilder) -> None:
+  monkeypatch.setattr(input_pipeline, "mnist_builder", lambda *args, **kwargs: builder)
+  monkeypatch.setattr(input_pipeline, "_read_split", lambda builder, split: builder.read(split))
+
+
+@pytest.fixture
+def synthetic_mnist(monkeypatch, _synthetic_builder) -> _SyntheticBuilder:
+  """TFDS `mnist` replaced, for this test, by synthetic digits of MNIST's split sizes."""
+  _use_synthetic(monkeypatch, _synthetic_builder)
+  return _synthetic_builder
+
+
+def _synthetic_config():
+  config = smoke.get_config()
+  config.num_train_steps = 8
+  config.eval_every_steps = config.checkpoint_every_steps = 4
+  config.log_every_steps = 2
+  return config
+
+
+@pytest.fixture
+def synthetic_config(synthetic_mnist):
+  """configs/smoke.py, shortened to 8 steps, on synthetic MNIST."""
+  del synthetic_mnist
+  return _synthetic_config()
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory, _synthetic_builder) -> tuple[pathlib.Path, dict]:
+  """(workdir, final record) of one finished `synthetic_config` run, shared by tests that only read it
+  (or copy it)."""
+  workdir = tmp_path_factory.mktemp("synthetic_run") / "run"
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    _use_synthetic(monkeypatch, _synthetic_builder)
+    return workdir, train.train_and_evaluate(_synthetic_config(), str(workdir))
 
 
 def _mnist_manual_dir() -> pathlib.Path:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import input_pipeline, models, optimizers, parallel, train
+from alexnet_jax import engine, input_pipeline, models, optimizers, parallel, train
 from configs import smoke
 
 # Injected defects, each in the N-device strategy whose name it carries.
@@ -91,7 +91,7 @@ def _record_state(results: dict[str, np.ndarray], prefix: str, state: train.Trai
 def run_normalization(normalization: str, splits, steps: int, with_bugs: bool, results: dict) -> None:
   config = agreement_config(normalization)
   options = train.StepOptions.from_config(config)
-  init_rng, train_rng, data_rng = train.rng_streams(config.seed)
+  init_rng, train_rng, data_rng = engine.rng_streams(config.seed)
   train_split = splits["train"][0]
   permutation = input_pipeline.epoch_permutation(data_rng, 0, train_split.num_examples)
   batches = [input_pipeline.take_batch(train_split.images, train_split.labels, permutation, i,
@@ -107,9 +107,9 @@ def run_normalization(normalization: str, splits, steps: int, with_bugs: bool, r
     for step, batch in enumerate(batches, start=1):
       state, metrics = train_fn(state, strategy.shard_batch(batch), train_rng)
       results[f"{prefix}/loss/{step}"] = np.ravel(jax.device_get(metrics["loss"]))
-      _record_state(results, f"{prefix}/state/{step}", strategy.host_state(state))
+      _record_state(results, f"{prefix}/state/{step}", strategy.logical_state(state))
     if reference_state is None:
-      reference_state = jax.device_get(strategy.host_state(state))
+      reference_state = jax.device_get(strategy.logical_state(state))
     # Every strategy evaluates the same (the one-device run's) state: this isolates the evaluation.
     eval_fn = strategy.compile_eval(train.eval_step)
     placed = strategy.place_state(reference_state.replace(apply_fn=model.apply))

@@ -2,7 +2,6 @@
 its table's numbers are the runs' own."""
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -13,8 +12,10 @@ import pytest
 
 from alexnet_jax import metric_logging
 from experiments import ablate, runs
+from tests.conftest import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files
+
 TINY_SWEEP = '''
 BASE_CONFIG = "configs/smoke.py"
 BASELINE = "baseline"

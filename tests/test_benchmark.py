@@ -2,7 +2,6 @@
 mean and spread, and the reproducibility check (the first seed retrained in another process) matches."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,8 +10,10 @@ import pytest
 
 from alexnet_jax import metric_logging
 from experiments import benchmark, environment
+from tests.conftest import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files
+
 
 
 def test_benchmark_seeds_aggregate_and_reproducibility(tmp_path, mnist_data_dir):
@@ -47,7 +48,7 @@ def test_reproducibility_reports_a_mismatch():
 
 
 def test_environment_fingerprint_names_the_stack():
-  env = environment.fingerprint()
+  env = environment.describe()
   assert {"jax", "jaxlib", "flax", "optax"} <= set(env["versions"])
   assert env["device_count"] >= 1 and env["device_kind"] and "xla_flags" in env
   assert "XLA_FLAGS" in environment.markdown(env)

@@ -1,5 +1,6 @@
 """Orbax checkpoint policy: latest and best kept, damaged checkpoints set aside, not deleted."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -61,4 +62,27 @@ def test_no_checkpoint_at_all(tmp_path):
   assert checkpointer.restore_latest(_state(0)) == (None, None)
   with pytest.raises(checkpointing.CheckpointError, match="no checkpoints"):
     checkpointing.resolve_step(checkpointer, "latest")
+  checkpointer.close()
+
+
+def test_best_without_any_validation_metric_is_refused_not_replaced_by_latest(tmp_path):
+  """Runs trained with data.validation_size=0 save no metric: 'best' must not quietly mean 'latest'."""
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  for step in (1, 2):
+    checkpointer.save(step, _state(step))
+  checkpointer.wait_until_finished()
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint .* validation accuracy to rank by"):
+    checkpointing.resolve_step(checkpointer, "best")
+  assert checkpointing.resolve_step(checkpointer, "latest") == 2
+  checkpointer.close()
+
+
+def test_restore_subtree_reads_only_what_is_asked(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  state = {"params": {"w": jnp.full((3,), 2.0)}, "opt_state": {"mu": jnp.ones((3,))}, "step": jnp.asarray(2)}
+  checkpointer.save(2, state)
+  checkpointer.wait_until_finished()
+  restored = checkpointer.restore_subtree(2, {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}})
+  assert set(restored) == {"params"}
+  assert restored["params"]["w"].tolist() == [2.0, 2.0, 2.0]
   checkpointer.close()

@@ -97,6 +97,7 @@ def test_several_steps_per_dispatch_need_one_process_under_jit():
     config_checks.validate_config(config)
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_rejects_bad_value_in_one_line_before_any_compute(tmp_path):
   start = time.monotonic()
   result = subprocess.run(

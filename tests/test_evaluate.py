@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alexnet_jax import checkpointing, evaluate, metric_logging
+from alexnet_jax import checkpointing, evaluate, metric_logging, train, trained_run
 
 
 @pytest.fixture
@@ -35,3 +35,13 @@ def test_best_checkpoint_on_validation(finished_run):
 def test_missing_checkpoint_is_named(finished_run):
   with pytest.raises(checkpointing.CheckpointError, match="checkpoint '7' not found"):
     evaluate.evaluate_run(str(finished_run), "7", "test")
+
+
+def test_best_of_a_run_without_validation_is_a_clear_error(synthetic_config, tmp_path):
+  synthetic_config.data.validation_size = 0
+  synthetic_config.num_train_steps = synthetic_config.eval_every_steps = 2
+  train.train_and_evaluate(synthetic_config, str(tmp_path))
+  with pytest.raises(checkpointing.CheckpointError, match="validation accuracy to rank by"):
+    trained_run.load(str(tmp_path), "best")
+  run = trained_run.load(str(tmp_path), "latest")
+  assert run.step == 2 and set(run.variables) == {"params", "batch_stats"}

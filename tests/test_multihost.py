@@ -4,17 +4,18 @@ devices on the same global batches, and resume together from their checkpoint af
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 
 from alexnet_jax import metric_logging
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port, saved_steps, train_losses
+
+pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files
 
 STEPS = 40
 OVERRIDES = (f"--config.num_train_steps={STEPS}", "--config.eval_every_steps=20",
@@ -29,14 +30,10 @@ def _command(workdir, data_dir, *extra):
           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *OVERRIDES, *extra]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _start_pair(workdir, data_dir) -> list[subprocess.Popen]:
-  port = _free_port()
+  port = free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return [subprocess.Popen(
       _command(workdir, data_dir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
@@ -45,13 +42,8 @@ def _start_pair(workdir, data_dir) -> list[subprocess.Popen]:
       for i in range(2)]
 
 
-def _saved_steps(workdir) -> list[int]:
-  directory = pathlib.Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
-def _losses(records):
-  return np.array([r["train_loss"] for r in records if "train_loss" in r])
 
 
 def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, mnist_data_dir):
@@ -66,7 +58,7 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, m
   processes = _start_pair(workdir, mnist_data_dir)
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and all(p.poll() is None for p in processes):
-    if any(step >= STEPS // 2 for step in _saved_steps(workdir)):
+    if any(step >= STEPS // 2 for step in saved_steps(workdir)):
       break
     time.sleep(0.05)
   for process in processes:
@@ -82,7 +74,7 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, m
   assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
   assert "resumed from the checkpoint at step" in outputs[0]
   records = metric_logging.read_metrics(str(workdir))
-  np.testing.assert_allclose(_losses(records), _losses(expected), rtol=LOSS_RTOL)
+  np.testing.assert_allclose(train_losses(records), train_losses(expected), rtol=LOSS_RTOL)
   final, reference = records[-1], expected[-1]
   assert final["test_count"] == 10000 and final["val_count"] == 5000
   for key in ("val_accuracy", "test_accuracy"):

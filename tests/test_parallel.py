@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import metric_logging
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, train_losses
 
 DEVICES = 4
 RTOL = 1e-5
@@ -150,8 +150,6 @@ def runs(tmp_path_factory, mnist_data_dir):
           for name, devices, parallelism in [("one", 1, "jit"), ("jit4", 4, "jit"), ("pmap4", 4, "pmap")]}
 
 
-def _losses(records):
-  return np.array([r["train_loss"] for r in records if "train_loss" in r])
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -159,7 +157,7 @@ def test_four_devices_train_like_one(runs, name):
   """A loose bound, since 30 steps are long enough for rounding to grow chaotically: the 4-device run's
   loss falls by at least half as much as the 1-device run's, and its final loss is within a quarter of
   that fall of the 1-device run's final loss."""
-  reference, other = _losses(runs["one"]), _losses(runs[name])
+  reference, other = train_losses(runs["one"]), train_losses(runs[name])
   fall = reference[0] - reference[-1]
   assert fall > 0.05, reference
   assert other[0] - other[-1] >= 0.5 * fall, (other, reference)

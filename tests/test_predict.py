@@ -11,8 +11,7 @@ from PIL import Image
 
 from alexnet_jax import predict
 from experiments import varied_digits
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ import time
 import pytest
 
 from alexnet_jax import metric_logging, train
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, saved_steps
+
+pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files
 
 STEPS = 120
 OVERRIDES = (f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=10",
@@ -38,9 +40,6 @@ def _fingerprint(workdir) -> str | None:
   return records[-1].get("params_sha256") if records else None
 
 
-def _saved_steps(workdir) -> list[int]:
-  directory = pathlib.Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
 def _start_and_interrupt(workdir, data_dir, sig, after_step) -> tuple[int, str]:
@@ -49,7 +48,7 @@ def _start_and_interrupt(workdir, data_dir, sig, after_step) -> tuple[int, str]:
                              stderr=subprocess.STDOUT, text=True)
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and process.poll() is None:
-    if any(step >= after_step for step in _saved_steps(workdir)):
+    if any(step >= after_step for step in saved_steps(workdir)):
       process.send_signal(sig)
       break
     time.sleep(0.02)
@@ -91,7 +90,7 @@ def test_sigterm_saves_then_exits_and_resumes_exactly(reference, tmp_path, mnist
   returncode, output = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGTERM, after_step=20)
   assert returncode == train.PREEMPTED_EXIT_CODE, output[-2000:]
   assert "SIGTERM: saved the checkpoint" in output
-  saved = _saved_steps(workdir)
+  saved = saved_steps(workdir)
   assert saved and saved[-1] < STEPS, saved
   assert _run(workdir, mnist_data_dir) == expected
 
@@ -100,7 +99,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
   source, expected = reference
   workdir = tmp_path / "corrupt"
   shutil.copytree(source, workdir)
-  steps = _saved_steps(workdir)
+  steps = saved_steps(workdir)
   latest = workdir / "checkpoints" / str(steps[-1])
   for path in latest.rglob("*"):
     if path.is_file() and path.stat().st_size > 0 and "manifest" in path.name:

@@ -1,5 +1,8 @@
 """Train and eval steps, the loop's guards, and metrics.jsonl, in process on tiny budgets."""
 
+import shutil
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 
 from alexnet_jax import checkpointing, config_checks, metric_logging, models, optimizers, train
 from configs import smoke
+from tests.conftest import saved_steps, tensorboard_steps
 
 
 def _tiny_state(normalization="none"):
@@ -52,11 +56,12 @@ def test_step_rng_is_folded_with_the_step_number():
   state = _tiny_state()
   batch = {k: v for k, v in _fixed_batch().items() if k != "mask"}
   options = train.StepOptions(augment=True, max_translate=2.0, max_rotate=10.0, max_scale=0.1)
-  a, _ = train.train_step(state, batch, jax.random.key(7), options)
-  b, _ = train.train_step(state, batch, jax.random.key(7), options)
+  step = jax.jit(train.train_step, static_argnames="options")
+  a, _ = step(state, batch, jax.random.key(7), options=options)
+  b, _ = step(state, batch, jax.random.key(7), options=options)
   assert _same(a.params, b.params)
   later = state.replace(step=state.step + 1)
-  c, _ = train.train_step(later, batch, jax.random.key(7), options)
+  c, _ = step(later, batch, jax.random.key(7), options=options)
   assert not _same(a.params, c.params)
 
 
@@ -87,7 +92,8 @@ def test_smoke_run_writes_the_promised_outputs(smoke_config, tmp_path):
   assert all(r["val_count"] == 5000 for r in eval_records)
   for name in ("config.json", "tensorboard", "checkpoints"):
     assert (tmp_path / "run" / name).exists()
-  assert (tmp_path / "run" / "tensorboard").iterdir(), "TensorBoard event files"
+  logged_steps = [r["step"] for r in train_records]
+  assert tensorboard_steps(tmp_path / "run")["train_loss"] == logged_steps == [10, 20, 30, 40]
   # Running the finished run again changes nothing.
   again = train.train_and_evaluate(smoke_config, workdir)
   assert again["params_sha256"] == final["params_sha256"]
@@ -118,14 +124,6 @@ def test_resuming_with_another_config_is_refused(smoke_config, tmp_path):
     train.train_and_evaluate(smoke_config, str(tmp_path / "run"))
 
 
-def test_dispatch_length_ends_at_every_boundary_the_loop_acts_on():
-  assert train.dispatch_length(0, 100, 8, 50, (6, 20)) == 6  # the log interval comes first
-  assert train.dispatch_length(16, 100, 8, 50, (20,)) == 4  # an evaluation at 20
-  assert train.dispatch_length(96, 100, 8, 50, ()) == 4  # the end of training
-  assert train.dispatch_length(0, 100, 80, 50, ()) == 50  # at most an epoch
-  assert train.dispatch_length(40, 100, 8, 50, (20,)) == 8
-
-
 def test_several_steps_per_dispatch_train_like_one_per_dispatch(smoke_config, tmp_path):
   """lax.scan over steps: the same batches, keys and updates; logs, evaluations and checkpoints where
   one step per dispatch puts them; numerics equal up to the last bits."""
@@ -144,3 +142,52 @@ def test_several_steps_per_dispatch_train_like_one_per_dispatch(smoke_config, tm
   assert abs(many["test_accuracy"] - one["test_accuracy"]) <= 0.002
   assert sorted(p.name for p in (tmp_path / "many" / "checkpoints").iterdir() if p.name.isdigit()) == [
       "12", "6"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop on synthetic MNIST (fast tier).
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_loop_writes_metrics_checkpoints_and_tensorboard_once_per_step(synthetic_run):
+  workdir, final = synthetic_run
+  records = metric_logging.read_metrics(str(workdir))
+  assert [r["step"] for r in records if "train_loss" in r] == [2, 4, 6, 8]
+  assert [r["step"] for r in records if "val_accuracy" in r] == [4, 8]
+  assert final["test_count"] == 10000 and final["val_count"] == 5000 and len(final["params_sha256"]) == 64
+  assert final["test_accuracy"] > 0.2, "learning: chance is 0.1 (+-0.003 over 10,000 images)"
+  assert saved_steps(workdir) == [4, 8]
+  events = tensorboard_steps(workdir)
+  assert events["train_loss"] == [2, 4, 6, 8] and events["val_accuracy"] == [4, 8]
+
+
+def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, synthetic_config, tmp_path):
+  """A run that died after step 8 was logged but before its checkpoint: the resumed run repeats steps
+  5-8, and TensorBoard, like metrics.jsonl, shows each of them once."""
+  source, first = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  resumed = train.train_and_evaluate(synthetic_config, str(tmp_path))
+  assert resumed["params_sha256"] == first["params_sha256"]
+  assert [r["step"] for r in metric_logging.read_metrics(str(tmp_path)) if "train_loss" in r] == [2, 4, 6, 8]
+  events = tensorboard_steps(tmp_path)
+  assert events["train_loss"] == [2, 4, 6, 8] and events["val_accuracy"] == [4, 8]
+
+
+def test_the_loop_runs_from_a_thread_other_than_the_main_one(synthetic_config, tmp_path):
+  """Notebooks and servers call library functions from worker threads, where signal handlers cannot be
+  installed: the loop then runs without SIGTERM handling instead of failing."""
+  synthetic_config.num_train_steps = synthetic_config.eval_every_steps = 2
+  outcome = {}
+
+  def target():
+    try:
+      outcome["record"] = train.train_and_evaluate(synthetic_config, str(tmp_path))
+    except Exception as e:  # noqa: BLE001 - reported to the main thread below.
+      outcome["error"] = e
+
+  thread = threading.Thread(target=target)
+  thread.start()
+  thread.join(timeout=300)
+  assert "error" not in outcome, outcome.get("error")
+  assert outcome["record"]["step"] == synthetic_config.num_train_steps
