@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 BEST_METRIC = "val_accuracy"
+CHECKPOINT_CHOICES = ("best", "latest")
 ITEM_NAME = "default"  # where CheckpointManager puts a single unnamed item
 
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexnet_jax import models
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "warmup_cosine", "step", "onecycle")
-PARALLELISMS = ("jit", "pmap")
+from alexnet_jax import input_pipeline, models, optimizers, parallel
 
 
 class ConfigError(ValueError):
@@ -50,9 +46,9 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   _check_choice(config, "model.pooling", models.POOLINGS)
   _check_choice(config, "model.normalization", models.NORMALIZATIONS)
   _check_choice(config, "model.dtype", tuple(models.COMPUTE_DTYPES))
-  _check_choice(config, "optimizer", OPTIMIZERS)
-  _check_choice(config, "schedule", SCHEDULES)
-  _check_choice(config, "parallelism", PARALLELISMS)
+  _check_choice(config, "optimizer", optimizers.OPTIMIZERS)
+  _check_choice(config, "schedule", optimizers.SCHEDULES)
+  _check_choice(config, "parallelism", parallel.STRATEGIES)
   for field in ("batch_size", "eval_batch_size", "learning_rate", "model.width_multiplier",
                 "model.num_classes", "log_every_steps", "checkpoint_every_steps"):
     _check_positive(config, field)
@@ -69,8 +65,9 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   _require(0.0 < config.step_decay_factor <= 1.0, "step_decay_factor", config.step_decay_factor,
            "must be in (0, 1]")
   _check_positive(config, "step_decay_every_steps")
-  _require(config.data.validation_size < 60000, "data.validation_size", config.data.validation_size,
-           "must leave training examples (MNIST's train split has 60000)")
+  train_size = input_pipeline.MNIST_TRAIN_SIZE
+  _require(config.data.validation_size < train_size, "data.validation_size", config.data.validation_size,
+           f"must leave training examples (MNIST's train split has {train_size})")
   _require(config.num_train_steps == -1 or config.num_train_steps > 0, "num_train_steps",
            config.num_train_steps, "must be -1 (use num_epochs) or > 0")
   if config.num_train_steps == -1:

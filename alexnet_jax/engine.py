@@ -87,11 +87,12 @@ class Engine:
     self._take_fn = jax.jit(input_pipeline.take_local_batch, static_argnames="batch_size")
     self._permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
                                    out_shardings=self.data_sharding)
-    self._multi_step_fn = jax.jit(
-        functools.partial(train.train_steps, steps_per_epoch=self.steps_per_epoch,
-                          batch_size=config.batch_size, options=options,
-                          batch_sharding=self.strategy.batch_sharding),
-        static_argnames="num_steps", donate_argnums=0)
+    if config.steps_per_dispatch > 1:  # jit only (config_checks): batches gathered inside the program
+      self._multi_step_fn = jax.jit(
+          functools.partial(train.train_steps, steps_per_epoch=self.steps_per_epoch,
+                            batch_size=config.batch_size, options=options,
+                            batch_sharding=self.strategy.batch_sharding),
+          static_argnames="num_steps", donate_argnums=0)
     self._compiled_multi_step: dict[int, Any] = {}
     self._train_shards: tuple[tuple[jax.Array, jax.Array], ...] = ()
     self._permutations: tuple[jax.Array, ...] = ()

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from alexnet_jax import (
     checkpointing,
     classification_metrics,
+    cli,
     input_pipeline,
     metric_logging,
     report_plots,
@@ -26,6 +27,11 @@ from alexnet_jax import (
 )
 
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  cli.define_trained_run()
+  flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split to evaluate.")
 
 
 def predict_probabilities(run: trained_run.TrainedRun, split: input_pipeline.Split, batch_size: int
@@ -71,9 +77,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a program, so that modules can import one another.
-  flags.DEFINE_string("workdir", None, "A training run's workdir.")
-  flags.DEFINE_string("checkpoint", "best", "best | latest | a saved step.")
-  flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split to evaluate.")
-  flags.mark_flags_as_required(["workdir"])
+  define_flags()
   app.run(main)

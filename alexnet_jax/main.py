@@ -10,20 +10,21 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from alexnet_jax import checkpointing, config_checks, input_pipeline, train
+from alexnet_jax import checkpointing, cli, config_checks, input_pipeline, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize(): auto-detected on TPU pods, SLURM, ...")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (implies --distributed).")
-flags.DEFINE_integer("num_processes", None, "How many processes in all (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
+  cli.define_config(default=None, lock=True)
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize(): auto-detected on TPU pods, SLURM, ...")
+  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (implies --distributed).")
+  flags.DEFINE_integer("num_processes", None, "How many processes in all (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def _initialize_distributed() -> None:
@@ -63,4 +64,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

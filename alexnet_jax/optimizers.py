@@ -7,6 +7,9 @@ from typing import Any
 import jax
 import optax
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "warmup_cosine", "step", "onecycle")
+
 
 def create_schedule(config: Any, total_steps: int) -> optax.Schedule:
   """The learning rate per step; `config.learning_rate` is the peak."""

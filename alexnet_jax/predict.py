@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
-from alexnet_jax import checkpointing, input_pipeline, trained_run
+from alexnet_jax import checkpointing, cli, input_pipeline, trained_run
 
 MNIST_SIZE = 28
 DIGIT_BOX = 20  # MNIST digits are scaled so that their longest side fits 20 pixels
@@ -212,6 +212,11 @@ def _text_line(record: dict) -> str:
   return f"{record['file']}: {record['prediction']}  (top 3: {top})"
 
 
+def define_flags() -> None:
+  cli.define_trained_run()
+  flags.DEFINE_bool("json", False, "One JSON object per image (errors too) instead of text.")
+
+
 def main(argv: list[str]) -> None:
   if not FLAGS["verbosity"].present:  # Orbax logs every restore at INFO: keep the output to predictions
     logging.set_verbosity(logging.ERROR)
@@ -235,9 +240,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a program, so that modules can import one another.
-  flags.DEFINE_string("workdir", None, "A training run's workdir.")
-  flags.DEFINE_string("checkpoint", "best", "best | latest | a saved step.")
-  flags.DEFINE_bool("json", False, "One JSON object per image (errors too) instead of text.")
-  flags.mark_flags_as_required(["workdir"])
+  define_flags()
   app.run(main)

@@ -15,9 +15,8 @@ import sys
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from ml_collections import config_flags
 
-from alexnet_jax import models
+from alexnet_jax import cli, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +92,10 @@ def markdown_table(rows: list[LayerRow]) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  cli.define_config()
+
+
 def main(argv: list[str]) -> None:
   del argv
   model = models.create_model(flags.FLAGS.config.model)
@@ -100,6 +103,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  # Defined only when run as a program, so that other programs can import this module.
-  config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
+  define_flags()
   app.run(main)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
+from alexnet_jax import cli
 from experiments import environment, runs, throughput
 
 FLAGS = flags.FLAGS
@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Only when run as a program: experiment modules import one another and define flags of their own."""
-  config_flags.DEFINE_config_file("config", "configs/default.py", "The config to benchmark.")
+  cli.define_config()
   flags.DEFINE_integer("seeds", 3, "Seeds: first_seed, first_seed + 1, ...")
   flags.DEFINE_integer("first_seed", 0, "The first seed.")
   flags.DEFINE_string("root", "runs/benchmark", "Where the runs and the results go.")

@@ -15,16 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from alexnet_jax import models, summary
+from alexnet_jax import cli, models, summary
 from experiments import throughput
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
+  cli.define_config()
   flags.DEFINE_integer("batch", 128, "Batch size.")
   flags.DEFINE_integer("repeats", 5, "Timed calls per product; the best is kept.")
   flags.DEFINE_bool("torch", True, "Also time PyTorch's convolutions (the `bench` extra).")

@@ -27,9 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from alexnet_jax import engine, models
+from alexnet_jax import cli, engine, models
 from experiments import environment
 
 FLAGS = flags.FLAGS
@@ -38,7 +37,7 @@ TORCH_DTYPES = ("float32", "bfloat16")
 
 def define_flags() -> None:
   """Only when run as a program, so that benchmark.py can import this module with flags of its own."""
-  config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
+  cli.define_config()
   flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
   flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
   flags.DEFINE_bool("torch", True, "Also measure the PyTorch reference (needs the `bench` extra).")

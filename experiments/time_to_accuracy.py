@@ -32,9 +32,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from alexnet_jax import config_checks, engine, fingerprint, input_pipeline
+from alexnet_jax import cli, config_checks, engine, fingerprint, input_pipeline
 from experiments import environment
 
 FLAGS = flags.FLAGS
@@ -43,7 +42,7 @@ TARGETS = (0.99, 0.995)
 
 def define_flags() -> None:
   """Only when run as a program (experiment modules import one another)."""
-  config_flags.DEFINE_config_file("config", "configs/default.py", "A run config.")
+  cli.define_config()
   flags.DEFINE_integer("eval_every", 50, "Evaluate the test split every this many steps.")
   flags.DEFINE_float("stop_at", 0.0, "Stop once test accuracy reaches this (0: train the whole recipe).")
   flags.DEFINE_string("data_npz", "", "Read the splits from this file (written by --export_npz).")
@@ -127,6 +126,7 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
           "compile_s": round(compile_s, 3),
           "train_images_per_s": round(steps_trained * config.batch_size / train_s, 1),
           "eval_every": eval_every, "steps_per_dispatch": config.steps_per_dispatch,
+          "parallelism": run.strategy.name, "devices": jax.device_count(),
           "params_sha256": fingerprint.params_sha256(run.logical(state).params), "history": history,
           "config": config.to_dict(), "environment": environment.describe()}
 

@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from alexnet_jax import predict
+from alexnet_jax import cli, predict
 
 FORMS = ("inverted", "enlarged_128", "rgb", "off_centre", "all_four")
 
@@ -78,6 +78,13 @@ def write_images(out: str, count: int, mnist_dir: str) -> list[tuple[str, int, s
   return written
 
 
+def define_flags() -> None:
+  cli.define_trained_run()
+  flags.DEFINE_string("out", "/tmp/varied_digits", "Folder for the PNG files.")
+  flags.DEFINE_string("mnist_dir", "../shared/data/mnist", "Folder with t10k-*-ubyte.gz.")
+  flags.DEFINE_integer("count", 1000, "How many test digits.")
+
+
 def main(argv: list[str]) -> None:
   del argv
   written = write_images(FLAGS.out, FLAGS.count, FLAGS.mnist_dir)
@@ -99,10 +106,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A training run's workdir.")
-  flags.DEFINE_string("checkpoint", "best", "best | latest | a saved step.")
-  flags.DEFINE_string("out", "/tmp/varied_digits", "Folder for the PNG files.")
-  flags.DEFINE_string("mnist_dir", "../shared/data/mnist", "Folder with t10k-*-ubyte.gz.")
-  flags.DEFINE_integer("count", 1000, "How many test digits.")
-  flags.mark_flags_as_required(["workdir"])
+  define_flags()
   app.run(main)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from alexnet_jax import config_checks
+from alexnet_jax import config_checks, optimizers, parallel
 from configs import default, original, smoke
 from tests.conftest import REPO_ROOT
 
@@ -109,3 +109,20 @@ def test_cli_rejects_bad_value_in_one_line_before_any_compute(tmp_path):
   assert last_line == "error: config.batch_size=-3: must be > 0"
   assert time.monotonic() - start < 60
   assert not (tmp_path / "run").exists(), "nothing is written for a refused config"
+
+
+def test_the_choices_checked_are_the_ones_the_code_builds():
+  """One list of names per choice, defined beside the code that builds them."""
+  config = smoke.get_config()
+  for name in optimizers.OPTIMIZERS:
+    config.optimizer = name
+    config_checks.validate_config(config)
+    optimizers.create_optimizer(config, 10)
+  for name in optimizers.SCHEDULES:
+    config.schedule = name
+    config_checks.validate_config(config)
+    optimizers.create_schedule(config, 10)(5)
+  for name in parallel.STRATEGIES:
+    config.parallelism = name
+    config_checks.validate_config(config)
+    parallel.create_strategy(name)

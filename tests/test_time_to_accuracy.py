@@ -47,3 +47,10 @@ def test_a_file_that_is_no_export_is_named(smoke_config, tmp_path):
   path.write_bytes(b"not a zip file")
   with pytest.raises(input_pipeline.DatasetError, match="broken.npz: not an export"):
     time_to_accuracy.time_to_accuracy(smoke_config, data_npz=str(path), log=_quiet)
+
+
+def test_the_configs_parallelism_is_used(synthetic_config):
+  synthetic_config.parallelism = "pmap"
+  result = time_to_accuracy.time_to_accuracy(synthetic_config, eval_every=4, log=_quiet)
+  assert result["parallelism"] == "pmap" and result["steps_trained"] == 8
+  assert [r["step"] for r in result["history"]] == [4, 8]

@@ -1,0 +1,31 @@
+"""How every program of the project defines its command-line flags.
+
+Each program (`alexnet_jax.main`, `evaluate`, `predict`, `summary`, `experiments.*`) has a
+`define_flags()` that its `if __name__ == "__main__":` block calls just before `app.run(main)`. Flags are
+therefore defined only when a module runs as a program, so programs can import one another (a benchmark
+imports the throughput experiment) without two definitions of `--config` colliding. The flags several
+programs share are defined here once.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from alexnet_jax import checkpointing
+
+
+def define_config(default: str | None = "configs/default.py", lock: bool = False) -> None:
+  """`--config FILE` (configs/*.py) with `--config.FIELD=VALUE` overrides; required if no default."""
+  config_flags.DEFINE_config_file("config", default, "A config file (configs/*.py); override any field "
+                                  "with --config.FIELD=VALUE.", lock_config=lock)
+  if default is None:
+    flags.mark_flags_as_required(["config"])
+
+
+def define_trained_run() -> None:
+  """`--workdir` (required) and `--checkpoint`: which trained run, and which of its checkpoints."""
+  flags.DEFINE_string("workdir", None, "A training run's workdir.")
+  flags.DEFINE_string("checkpoint", "best", f"{' | '.join(checkpointing.CHECKPOINT_CHOICES)} or a saved "
+                      "step number.")
+  flags.mark_flags_as_required(["workdir"])
