@@ -1,5 +1,10 @@
 """Two processes on localhost through jax.distributed (CPU, gloo) train like one process with two
-devices on the same global batches, and resume together from their checkpoint after being killed."""
+devices on the same global batches, and resume together from their checkpoint after being killed.
+
+The comparison is bit for bit, because it holds by construction on one machine: with `data.num_shards=2`
+both runs see the same global batches, each device runs the same per-device program on the same 16
+examples, and the gradient all-reduce adds two values, which gives the same bits in either order. (Runs
+over different device counts are compared to float tolerance instead: tests/test_parallel.py.)"""
 
 from __future__ import annotations
 
@@ -21,8 +26,6 @@ STEPS = 40
 OVERRIDES = (f"--config.num_train_steps={STEPS}", "--config.eval_every_steps=20",
              "--config.checkpoint_every_steps=10", "--config.log_every_steps=10",
              "--config.data.num_shards=2")
-LOSS_RTOL = 1e-4
-ACCURACY_ATOL = 0.0005
 
 
 def _command(workdir, data_dir, *extra):
@@ -74,8 +77,7 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, m
   assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
   assert "resumed from the checkpoint at step" in outputs[0]
   records = metric_logging.read_metrics(str(workdir))
-  np.testing.assert_allclose(train_losses(records), train_losses(expected), rtol=LOSS_RTOL)
+  np.testing.assert_array_equal(train_losses(records), train_losses(expected))
   final, reference = records[-1], expected[-1]
   assert final["test_count"] == 10000 and final["val_count"] == 5000
-  for key in ("val_accuracy", "test_accuracy"):
-    assert abs(final[key] - reference[key]) <= ACCURACY_ATOL, (key, final[key], reference[key])
+  assert final["params_sha256"] == reference["params_sha256"]
