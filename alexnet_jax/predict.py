@@ -21,6 +21,7 @@ From Python, load once and call on batches of numpy images:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -47,24 +48,50 @@ class ImageError(ValueError):
   """An image that cannot be read or holds no digit."""
 
 
+class ImageTooLargeError(ImageError):
+  """An image over the size a caller accepts."""
+
+
 def read_image(path: str) -> np.ndarray:
   """The file as a float greyscale array in [0, 1]; transparency is composited onto white."""
   if os.path.isfile(path) and os.path.getsize(path) == 0:
     raise ImageError(f"{path}: empty file")
   try:
     with Image.open(path) as opened:
-      image = ImageOps.exif_transpose(opened)  # phone photos: honour the camera's orientation
-      if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, image)
-      return np.asarray(image.convert("L"), np.float32) / 255.0
+      return _greyscale(opened)
   except FileNotFoundError:
     raise ImageError(f"{path}: no such file") from None
   except IsADirectoryError:
     raise ImageError(f"{path}: is a directory") from None
   except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unknown, truncated, corrupt files
     raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def decode_image(data: bytes, name: str = "image", max_side: int | None = None) -> np.ndarray:
+  """Encoded image bytes (PNG, JPEG, ...) -> greyscale in [0, 1], as `read_image` reads a file.
+
+  `max_side` refuses larger images before their pixels are decoded."""
+  if not data:
+    raise ImageError(f"{name}: empty")
+  try:
+    with Image.open(io.BytesIO(data)) as opened:
+      width, height = opened.size
+      if max_side is not None and max(width, height) > max_side:
+        raise ImageTooLargeError(f"{name}: {width}x{height} pixels, more than {max_side} a side")
+      return _greyscale(opened)
+  except ImageError:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise ImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _greyscale(opened: Image.Image) -> np.ndarray:
+  image = ImageOps.exif_transpose(opened)  # phone photos: honour the camera's orientation
+  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    image = image.convert("RGBA")
+    paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(paper, image)
+  return np.asarray(image.convert("L"), np.float32) / 255.0
 
 
 def to_greyscale(image: np.ndarray) -> np.ndarray:
