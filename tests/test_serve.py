@@ -8,10 +8,6 @@ import base64
 import concurrent.futures
 import io
 import os
-import shutil
-import subprocess
-import sys
-import time
 
 import hypothesis
 import numpy as np
@@ -19,7 +15,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import predict, serve
-from tests.conftest import REPO_ROOT, free_port
+from experiments import drawn_digits
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="the `serve` extra is in `test`")
 
@@ -128,24 +124,8 @@ def test_schemathesis_finds_no_server_error(client):
 @pytest.fixture(scope="module")
 def server(synthetic_run):
   workdir, _ = synthetic_run
-  port = free_port()
-  process = subprocess.Popen(
-      [sys.executable, "-m", "alexnet_jax.serve", "--workdir", str(workdir), "--checkpoint", "latest",
-       "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  import httpx  # noqa: PLC0415
-
-  url = f"http://127.0.0.1:{port}"
-  deadline = time.monotonic() + 120
-  while time.monotonic() < deadline:
-    assert process.poll() is None, process.stdout.read()
-    try:
-      if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-        break
-    except httpx.HTTPError:
-      time.sleep(0.2)
-  yield url
-  process.terminate()
-  process.wait(timeout=30)
+  with drawn_digits.running_server(str(workdir), "latest") as url:
+    yield url
 
 
 @pytest.mark.slow
@@ -167,60 +147,27 @@ def test_a_burst_of_concurrent_requests_all_answer_correctly(server, predictor):
     np.testing.assert_allclose(result["probabilities"], expected[i % 3], atol=1e-6, rtol=0)
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Strokes in canvas pixels (280 x 280), written the way a person writes them.
-STROKES = {"1": [[(150, 40), (145, 140), (140, 240)]],
-           "7": [[(70, 50), (210, 50), (170, 130), (130, 240)]]}
-
-
-def _browser():
-  if not os.path.exists(CHROMIUM):
+@pytest.mark.slow
+def test_a_browser_draws_digits_and_the_page_shows_the_predictors_answer(server, predictor, tmp_path):
+  if not os.path.exists(drawn_digits.CHROMIUM):
     message = "Debian's chromium is needed: apt-get install chromium (never `playwright install`)"
     if os.environ.get("CI") == "true":
       pytest.fail(message)
     pytest.skip(message)
   from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
-  return sync_playwright()
-
-
-def draw(page, strokes) -> None:
-  """Mouse strokes on the canvas, point to point in small steps, as a hand moves."""
-  box = page.locator("#canvas").bounding_box()
-  scale = box["width"] / 280
-  for stroke in strokes:
-    (x, y), *rest = stroke
-    page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-    page.mouse.down()
-    for x, y in rest:
-      page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=12)
-    page.mouse.up()
-
-
-@pytest.mark.slow
-def test_a_browser_draws_digits_and_the_page_shows_the_predictors_answer(server, predictor, tmp_path):
-  with _browser() as playwright:
-    browser = playwright.chromium.launch_persistent_context(  # a fresh user-data-dir
-        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-        viewport={"width": 900, "height": 700},
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync"])
+  with sync_playwright() as playwright:
+    browser = drawn_digits.launch_chromium(playwright, str(tmp_path / "profile"))
     page = browser.new_page()
     page.goto(server)
-    for name, strokes in STROKES.items():
+    for digit in ("1", "7"):
       page.click("#clear")
-      draw(page, strokes)
-      # The answer to the last send (made on the final stroke's release) is on the page.
-      page.wait_for_function("() => { const c = document.getElementById('canvas');"
-                             " return c.dataset.pending === '0' &&"
-                             " document.getElementById('digit').dataset.requests === c.dataset.sent; }")
-      shown = page.inner_text("#digit")
-      png = base64.b64decode(page.evaluate("document.getElementById('canvas').toDataURL('image/png')")
-                             .split(",", 1)[1])
-      (tmp_path / f"{name}.png").write_bytes(png)
-      expected = int(np.argmax(predictor([predict.read_image(str(tmp_path / f"{name}.png"))])[0]))
-      assert shown == str(expected), name
+      drawn_digits.draw(page, drawn_digits.STROKES[digit])
+      shown = drawn_digits.wait_for_answer(page)
+      path = tmp_path / f"{digit}.png"
+      path.write_bytes(drawn_digits.canvas_png(page))
+      expected = int(np.argmax(predictor([predict.read_image(str(path))])[0]))
+      assert shown == str(expected), digit
       assert page.locator("#bars .bar").count() == 10
       assert page.get_attribute("#preview", "src").startswith("data:image/png;base64,")
-    page.screenshot(path=os.environ.get("SERVE_SCREENSHOT", str(tmp_path / "page.png")))
     browser.close()
