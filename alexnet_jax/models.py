@@ -139,8 +139,11 @@ class AlexNet(nn.Module):
       x = self._activate(x)
       if self.normalization == "lrn" and spec.lrn_after:
         x = LocalResponseNorm(name=f"lrn{i}")(x)
+      # Read by alexnet_jax.explain with mutable=["intermediates"]; otherwise sow does nothing at all.
+      self.sow("intermediates", f"conv{i}_activation", x)
       if spec.pool_after:
         x = self._pool(x)
+        self.sow("intermediates", f"pool{i}", x)
 
     x = x.reshape((x.shape[0], -1))
     default_width = ORIGINAL_DENSE_WIDTH if self.variant == "original" else MNIST_DENSE_WIDTH
@@ -148,6 +151,7 @@ class AlexNet(nn.Module):
     for i in (1, 2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = self._activate(nn.Dense(width, dtype=self.dtype, name=f"fc{i}")(x))
+    self.sow("intermediates", "features", x)  # the penultimate layer: what the classifier separates
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
     return logits.astype(jnp.float32)
 

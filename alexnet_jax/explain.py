@@ -1,0 +1,204 @@
+"""See inside a trained network: what it learned and why it answered as it did.
+
+  python -m alexnet_jax.explain --workdir DIR [--checkpoint best|latest|STEP] [IMAGE ...] [--out DIR]
+
+The functions here return arrays; `explain_plots.py` draws them. Images are MNIST-form uint8 (or float in
+[0, 255]) of shape (N, 28, 28, 1): a user's own files go through `predict.preprocess` first; by default a
+fixed, seeded set of test digits, misclassified ones included.
+
+* `conv1_filters`: the first layer's learned filters (one input channel: they display directly).
+* `feature_maps`: every convolution's output (after its activation) and every pooling stage's, read with
+  Flax's own `sow` (`mutable=["intermediates"]`), which costs nothing when not asked for.
+* `saliency`, `integrated_gradients`: the gradient of the predicted class's logit with respect to the input
+  pixels, and its path integral from a black image (Sundararajan et al. 2017), which sums to the logit's
+  change.
+* `occlusion`: the drop in a class's probability when a grey-level-0 patch covers each place of the digit,
+  every placement evaluated in one `jax.vmap`ped batch.
+* `penultimate_features` and `pca_2d`: the classifier's input features of many digits, and their two
+  principal components.
+
+The functions that differentiate or occlude take `logits_fn(images) -> logits`, so that they apply to any
+network (tests use a synthetic one whose answer depends on one pixel).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from alexnet_jax import checkpointing, cli, input_pipeline, models, predict, trained_run
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+FLAGS = flags.FLAGS
+DEFAULT_DIGITS = 12  # shown by default: this many test digits, a third of them misclassified if any
+
+
+def logits_fn(run: trained_run.TrainedRun) -> LogitsFn:
+  """float images in [0, 255], (N, 28, 28, 1) -> logits, differentiable with respect to the pixels."""
+  return lambda images: run.model.apply(run.variables, input_pipeline.normalize(images), train=False)
+
+
+def conv1_filters(run: trained_run.TrainedRun) -> np.ndarray:
+  """(filters, height, width): conv1's kernels, one input channel each."""
+  kernel = np.asarray(run.variables["params"]["conv1"]["kernel"])  # HWIO with I = 1
+  return np.transpose(kernel[:, :, 0, :], (2, 0, 1))
+
+
+def feature_maps(run: trained_run.TrainedRun, image: np.ndarray) -> dict[str, np.ndarray]:
+  """Stage name -> (H, W, C) activations for one image, in the network's order (conv1_activation,
+  pool1, conv2_activation, ...)."""
+  images = jnp.asarray(image, jnp.float32)[None]
+  _, state = run.model.apply(run.variables, input_pipeline.normalize(images), train=False,
+                             mutable=["intermediates"])
+  return {name: np.asarray(values[0][0]) for name, values in state["intermediates"].items()
+          if name != "features"}
+
+
+def most_active_channels(maps: np.ndarray, count: int) -> np.ndarray:
+  """Indices of the `count` channels of (H, W, C) maps with the largest mean activation."""
+  return np.argsort(-maps.mean(axis=(0, 1)), kind="stable")[:count]
+
+
+def saliency(logits: LogitsFn, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+  """(N, 28, 28): d logit[class] / d pixel for each image."""
+
+  def one(image, label):
+    return jax.grad(lambda x: logits(x[None])[0, label])(image)[..., 0]
+
+  return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(images, jnp.float32), jnp.asarray(classes)))
+
+
+def integrated_gradients(logits: LogitsFn, images: np.ndarray, classes: np.ndarray, steps: int = 32
+                         ) -> np.ndarray:
+  """(N, 28, 28): (x - black) times the mean gradient along the straight path from a black image to x
+  (the midpoint rule over `steps` points); sums to logit(x) - logit(black) as steps grow."""
+  alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
+
+  def one(image, label):
+    grad = jax.grad(lambda x: logits(x[None])[0, label])
+    mean_gradient = jnp.mean(jax.vmap(lambda a: grad(a * image))(alphas), axis=0)
+    return (image * mean_gradient)[..., 0]
+
+  return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(images, jnp.float32), jnp.asarray(classes)))
+
+
+def occlusion(logits: LogitsFn, images: np.ndarray, classes: np.ndarray, patch: int = 6) -> np.ndarray:
+  """(N, 28, 28): for each pixel, the mean drop in the class's probability over the patch x patch
+  placements (stride 1, fully inside the image) that cover it; 0 where covering changes nothing."""
+  size = models.INPUT_SHAPE[0]
+  starts = jnp.arange(size - patch + 1)
+  rows, cols = jnp.meshgrid(starts, starts, indexing="ij")
+  grid = jnp.arange(size)
+
+  def covered(row, col):  # (28, 28) mask of one placement
+    return ((grid[:, None] >= row) & (grid[:, None] < row + patch) &
+            (grid[None, :] >= col) & (grid[None, :] < col + patch)).astype(jnp.float32)
+
+  masks = jax.vmap(covered)(rows.ravel(), cols.ravel())  # (placements, 28, 28)
+  coverage = masks.sum(axis=0)
+
+  def one(image, label):
+    occluded = image[None] * (1.0 - masks[..., None])  # every placement at once
+    batch = jnp.concatenate([image[None], occluded])
+    probabilities = jax.nn.softmax(logits(batch))[:, label]
+    drops = probabilities[0] - probabilities[1:]
+    return jnp.tensordot(drops, masks, axes=1) / coverage
+
+  # One digit at a time (lax.map), its placements in one batch: memory stays that of one batch.
+  mapped = jax.jit(lambda xs, ys: jax.lax.map(lambda pair: one(*pair), (xs, ys)))
+  return np.asarray(mapped(jnp.asarray(images, jnp.float32), jnp.asarray(classes)))
+
+
+def penultimate_features(run: trained_run.TrainedRun, images: np.ndarray, batch_size: int = 1000
+                         ) -> np.ndarray:
+  """(N, width): the activations the last layer classifies (after fc2)."""
+
+  @jax.jit
+  def features(variables, batch):
+    _, state = run.model.apply(variables, input_pipeline.normalize(batch), train=False,
+                               mutable=["intermediates"])
+    return state["intermediates"]["features"][0]
+
+  return np.concatenate([np.asarray(features(run.variables, jnp.asarray(images[i:i + batch_size])))
+                         for i in range(0, len(images), batch_size)])
+
+
+def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(N, 2) coordinates on the two principal components, and the fraction of variance each explains."""
+  centred = features - features.mean(axis=0)
+  _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+  explained = singular**2 / np.sum(singular**2)
+  return centred @ vt[:2].T, explained[:2]
+
+
+def default_digits(probabilities: np.ndarray, labels: np.ndarray, count: int = DEFAULT_DIGITS,
+                   seed: int = 0) -> np.ndarray:
+  """Indices of a fixed, seeded choice of test digits: up to a third misclassified, the rest right."""
+  rng = np.random.default_rng(seed)
+  wrong = np.flatnonzero(probabilities.argmax(-1) != labels)
+  right = np.flatnonzero(probabilities.argmax(-1) == labels)
+  chosen_wrong = rng.choice(wrong, size=min(len(wrong), count // 3), replace=False)
+  chosen_right = rng.choice(right, size=count - len(chosen_wrong), replace=False)
+  return np.sort(np.concatenate([chosen_wrong, chosen_right]))
+
+
+# --- Command line -------------------------------------------------------------------------------------
+
+
+def explain_run(workdir: str, which: str, paths: list[str], out: str) -> dict[str, object]:
+  """Writes the pictures and explain.md to `out`; returns what they show, as arrays and numbers."""
+  from alexnet_jax import evaluate, explain_plots  # noqa: PLC0415 - matplotlib only when drawing
+
+  run = trained_run.load(workdir, which)
+  if paths:  # A user's own images: through predict's preprocessing, each error named.
+    images = np.stack([predict.preprocess_file(p) for p in predict.expand_paths(paths)])
+    names = list(predict.expand_paths(paths))
+    labels = None
+  else:
+    splits = input_pipeline.load_mnist(run.config.data, run.config.eval_batch_size)
+    test_probabilities, test_labels, test_images = evaluate.predict_probabilities(
+        run, splits["test"], run.config.eval_batch_size)
+    chosen = default_digits(test_probabilities, test_labels)
+    images, labels = test_images[chosen], test_labels[chosen]
+    names = [f"test #{i}" for i in chosen]
+  logits = logits_fn(run)
+  probabilities = np.asarray(jax.nn.softmax(jax.jit(logits)(jnp.asarray(images, jnp.float32))))
+  predicted = probabilities.argmax(-1)
+  result = {"names": names, "images": images, "labels": labels, "predicted": predicted,
+            "probabilities": probabilities, "filters": conv1_filters(run),
+            "feature_maps": feature_maps(run, images[0]),
+            "saliency": saliency(logits, images, predicted),
+            "integrated_gradients": integrated_gradients(logits, images, predicted),
+            "occlusion": occlusion(logits, images, labels if labels is not None else predicted)}
+  if labels is not None:
+    features = penultimate_features(run, test_images)
+    result["pca"], result["pca_explained"] = pca_2d(features)
+    result["pca_labels"], result["pca_wrong"] = test_labels, test_probabilities.argmax(-1) != test_labels
+  os.makedirs(out, exist_ok=True)
+  explain_plots.write_all(out, result)
+  return result
+
+
+def define_flags() -> None:
+  cli.define_trained_run()
+  flags.DEFINE_string("out", "", "Where the pictures go (default: WORKDIR/explain).")
+
+
+def main(argv: list[str]) -> None:
+  try:
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "explain")
+    result = explain_run(FLAGS.workdir, FLAGS.checkpoint, argv[1:], out)
+  except (checkpointing.CheckpointError, predict.ImageError, input_pipeline.DatasetError) as e:
+    sys.exit(f"error: {e}")
+  print(f"explained {len(result['names'])} digits; pictures and explain.md in {out}", flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
