@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on servers or in CI.
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 MISCLASSIFIED_SHOWN = 24
@@ -45,18 +46,24 @@ def per_class_plot(path: str, per_class: dict[str, list[float]]) -> None:
 
 
 def learning_curves_plot(path: str, records: list[dict[str, Any]]) -> None:
-  fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  """Loss, and error rate (1 - accuracy) on a log axis: the range that matters on MNIST, 2% down to
+  0.4%, would be one pixel row of a linear accuracy axis."""
+  fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(11, 4))
   for prefix, style in (("train", "-"), ("val", "o-"), ("test", "s")):
     points = [r for r in records if f"{prefix}_loss" in r]
     if not points:
       continue
     steps = [r["step"] for r in points]
     loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in points], style, label=prefix)
-    accuracy_ax.plot(steps, [r[f"{prefix}_accuracy"] for r in points], style, label=prefix)
+    # An error of 0 has no place on a log axis: drawn at half of one example's worth instead.
+    errors = [max(1.0 - r[f"{prefix}_accuracy"], 0.5 / max(r.get(f"{prefix}_count", 10000), 1))
+              for r in points]
+    error_ax.plot(steps, errors, style, label=prefix)
   loss_ax.set(xlabel="step", ylabel="loss", yscale="log",
               title="Loss (train: as optimised, label smoothing included)")
-  accuracy_ax.set(xlabel="step", ylabel="accuracy", title="Accuracy")
-  for ax in (loss_ax, accuracy_ax):
+  error_ax.set(xlabel="step", ylabel="error rate (1 - accuracy)", yscale="log", title="Error rate")
+  error_ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1.0))
+  for ax in (loss_ax, error_ax):
     ax.grid(alpha=0.3)
     ax.legend()
   save_figure(fig, path)
@@ -81,13 +88,47 @@ def misclassified_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
   save_figure(fig, path)
 
 
+def robustness_plot(path: str, curves: dict[str, list[dict[str, float]]], units: dict[str, str]) -> None:
+  fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2), sharey=True)
+  for ax, (name, points) in zip(np.atleast_1d(axes), curves.items(), strict=True):
+    ax.plot([p["strength"] for p in points], [100 * p["accuracy"] for p in points], "o-")
+    ax.set(title=name, xlabel=units[name])
+    ax.grid(alpha=0.3)
+  np.atleast_1d(axes)[0].set_ylabel("test accuracy (%)")
+  fig.suptitle("Where the network breaks: accuracy on all test images under damage")
+  save_figure(fig, path)
+
+
+def confused_pairs_plot(path: str, galleries: list[dict[str, Any]]) -> None:
+  """Per confused pair, its digits and their saliency for the class the network answered."""
+  shown = max((len(g["images"]) for g in galleries), default=1)
+  fig, axes = plt.subplots(max(1, len(galleries)), 2 * shown,
+                           figsize=(2 * shown * 0.95, 1.3 * len(galleries)), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for row, gallery in zip(axes, galleries, strict=False):
+    row[0].set_title(f"true {gallery['true']} -> said {gallery['predicted']}", fontsize=7, loc="left")
+    for k, (image, saliency) in enumerate(zip(gallery["images"], gallery["saliency"], strict=True)):
+      row[2 * k].imshow(image[..., 0], cmap="gray")
+      limit = np.abs(saliency).max() or 1.0
+      row[2 * k + 1].imshow(saliency, cmap="RdBu_r", vmin=-limit, vmax=limit)
+  fig.suptitle("Most confused pairs: each digit beside its saliency (red: pixels that raised the answer)",
+               fontsize=8)
+  save_figure(fig, path)
+
+
 def write_all(report_dir: str, metrics: dict[str, Any], records: list[dict[str, Any]], *,
-              probabilities: np.ndarray, labels: np.ndarray, images: np.ndarray) -> None:
+              probabilities: np.ndarray, labels: np.ndarray, images: np.ndarray,
+              galleries: list[dict[str, Any]] | None = None, units: dict[str, str] | None = None) -> None:
   confusion_matrix_plot(os.path.join(report_dir, "confusion_matrix.png"),
                         np.asarray(metrics["confusion_matrix"]))
   per_class_plot(os.path.join(report_dir, "per_class.png"), metrics["per_class"])
   learning_curves_plot(os.path.join(report_dir, "learning_curves.png"), records)
   misclassified_plot(os.path.join(report_dir, "misclassified.png"), probabilities, labels, images)
+  if galleries:
+    confused_pairs_plot(os.path.join(report_dir, "confused_pairs.png"), galleries)
+  if "robustness" in metrics:
+    robustness_plot(os.path.join(report_dir, "robustness.png"), metrics["robustness"], units or {})
 
 
 def write_markdown(report_dir: str, metrics: dict[str, Any]) -> None:
@@ -112,5 +153,14 @@ def write_markdown(report_dir: str, metrics: dict[str, Any]) -> None:
   lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in metrics["most_confused"]]
   lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![per class](per_class.png)", "",
             "![learning curves](learning_curves.png)", "", "![misclassified](misclassified.png)", ""]
+  if os.path.exists(os.path.join(report_dir, "confused_pairs.png")):
+    lines += ["## Hard cases", "", "![confused pairs](confused_pairs.png)", ""]
+  if "robustness" in metrics:
+    lines += ["## Robustness: accuracy under damage", ""]
+    for name, points in metrics["robustness"].items():
+      lines += [f"| {name} | " + " | ".join(f"{p['strength']:g}" for p in points) + " |",
+                "|---|" + "---:|" * len(points),
+                "| accuracy (%) | " + " | ".join(f"{100 * p['accuracy']:.2f}" for p in points) + " |", ""]
+    lines += ["![robustness](robustness.png)", ""]
   with open(os.path.join(report_dir, "report.md"), "w") as f:
     f.write("\n".join(lines))
