@@ -66,8 +66,8 @@ def attributions_plot(path: str, result: dict[str, Any]) -> None:
         ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
       if i == 0:
         ax.set_title(column.replace("_", " "), fontsize=8)
-  fig.suptitle("Why it answered: red raises the answer, blue lowers it", fontsize=9)
-  save_figure(fig, path)
+  fig.suptitle("Why it answered: red supports the answer, blue speaks against it", fontsize=9)
+  save_figure(fig, path, rect=(0, 0, 1, 1 - 0.25 / count))  # 0.4 inch for the title above the headings
 
 
 def pca_plot(path: str, coordinates: np.ndarray, labels: np.ndarray, wrong: np.ndarray,

@@ -15,8 +15,9 @@ import numpy as np  # noqa: E402
 MISCLASSIFIED_SHOWN = 24
 
 
-def save_figure(fig: plt.Figure, path: str) -> None:
-  fig.tight_layout()
+def save_figure(fig: plt.Figure, path: str, rect: tuple[float, float, float, float] | None = None) -> None:
+  """Lays the figure out (inside `rect`, figure fractions, when a title needs room) and writes it."""
+  fig.tight_layout(rect=rect)
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
