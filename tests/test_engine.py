@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from alexnet_jax import engine, fingerprint
 
@@ -42,6 +43,7 @@ def test_advancing_in_one_call_reaches_the_loops_parameters(synthetic_config, sy
   assert fingerprint.params_sha256(run.logical(state).params) == final["params_sha256"]
 
 
+@pytest.mark.slow  # compiles a lax.scan program (slow on CPU)
 def test_several_steps_per_dispatch_cover_the_same_steps(synthetic_config):
   synthetic_config.steps_per_dispatch = 4
   run = engine.Engine(synthetic_config)

@@ -37,6 +37,7 @@ def test_missing_checkpoint_is_named(finished_run):
     evaluate.evaluate_run(str(finished_run), "7", "test", with_robustness=False)
 
 
+@pytest.mark.slow  # a whole extra run
 def test_best_of_a_run_without_validation_is_a_clear_error(synthetic_config, tmp_path):
   synthetic_config.data.validation_size = 0
   synthetic_config.num_train_steps = synthetic_config.eval_every_steps = 2

@@ -101,6 +101,7 @@ def test_default_digits_are_seeded_and_include_mistakes():
   assert len(chosen) == 12 and np.sum(chosen < 30) == 4
 
 
+@pytest.mark.slow  # PCA of 10,000 test digits and every picture: over the fast tier's budget
 def test_explain_writes_its_pictures(synthetic_mnist, synthetic_run, tmp_path):
   workdir, _ = synthetic_run
   result = explain.explain_run(str(workdir), "latest", [], str(tmp_path))

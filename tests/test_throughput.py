@@ -6,6 +6,7 @@ from configs import smoke
 from experiments import throughput
 
 
+@pytest.mark.slow  # times many steps
 def test_jax_throughput_of_the_real_steps():
   config = smoke.get_config()
   result = throughput.jax_throughput(config, steps=2, repeats=1)

@@ -49,6 +49,7 @@ def test_a_file_that_is_no_export_is_named(smoke_config, tmp_path):
     time_to_accuracy.time_to_accuracy(smoke_config, data_npz=str(path), log=_quiet)
 
 
+@pytest.mark.slow  # a whole extra run: kept out of the fast tier's budget
 def test_the_configs_parallelism_is_used(synthetic_config):
   synthetic_config.parallelism = "pmap"
   result = time_to_accuracy.time_to_accuracy(synthetic_config, eval_every=4, log=_quiet)

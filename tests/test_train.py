@@ -174,6 +174,7 @@ def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, syntheti
   assert events["train_loss"] == [2, 4, 6, 8] and events["val_accuracy"] == [4, 8]
 
 
+@pytest.mark.slow  # a whole extra run
 def test_the_loop_runs_from_a_thread_other_than_the_main_one(synthetic_config, tmp_path):
   """Notebooks and servers call library functions from worker threads, where signal handlers cannot be
   installed: the loop then runs without SIGTERM handling instead of failing."""
