@@ -70,8 +70,18 @@ def _packages_distributions() -> dict[str, list[str]]:
 def _declared() -> tuple[set[str], dict[str, set[str]]]:
   """(main dependencies, extra -> its dependencies), from pyproject.toml."""
   project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-  extras = {extra: {_distribution(r) for r in reqs}
-            for extra, reqs in project.get("optional-dependencies", {}).items()}
+  raw = project.get("optional-dependencies", {})
+
+  def expand(requirements: list[str]) -> set[str]:
+    """Distributions, with the project's own extras (`alexnet_jax[serve,export]`) expanded."""
+    names = set()
+    for requirement in requirements:
+      own = re.fullmatch(rf"{project['name']}\[([^]]+)\]", requirement)
+      names |= (set().union(*(expand(raw[e.strip()]) for e in own.group(1).split(","))) if own
+                else {_distribution(requirement)})
+    return names
+
+  extras = {extra: expand(reqs) for extra, reqs in raw.items()}
   return {_distribution(r) for r in project["dependencies"]}, extras
 
 

@@ -4,12 +4,16 @@ changes nothing, the feature maps have the layer table's shapes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from alexnet_jax import explain, models, summary, trained_run
 from configs import default
+from tests.conftest import REPO_ROOT
 
 PIXEL = (5, 7)
 
@@ -109,3 +113,32 @@ def test_explain_writes_its_pictures(synthetic_mnist, synthetic_run, tmp_path):
   assert result["pca"].shape == (10000, 2)
   for name in ("filters.png", "feature_maps.png", "attributions.png", "pca.png", "explain.md"):
     assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.slow
+def test_command_line_errors_are_one_line_and_write_nothing(synthetic_run, tmp_path):
+  workdir, _ = synthetic_run
+  (tmp_path / "blank.png").write_bytes(_png_bytes(np.full((40, 40), 255, np.uint8)))
+  (tmp_path / "broken.png").write_bytes(b"not an image")
+  cases = [([str(tmp_path / "missing")], "config.json not found"),
+           ([str(workdir), "--checkpoint", "99"], "checkpoint '99' not found"),
+           ([str(workdir), str(tmp_path / "broken.png")], "broken.png: not a readable image"),
+           ([str(workdir), str(tmp_path / "blank.png")], "no ink")]
+  for arguments, message in cases:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "alexnet_jax.explain", "--workdir", arguments[0], *arguments[1:],
+               "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and last_line.startswith("error: ") and message in last_line, last_line
+    assert not out.exists()
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+  import io  # noqa: PLC0415
+
+  from PIL import Image  # noqa: PLC0415
+
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
