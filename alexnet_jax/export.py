@@ -9,9 +9,9 @@ return softmax probabilities (N, 10). The normalisation is inside the graph; the
   without this project's code).
 * `onnx`: a graph built with the `onnx` package from the parameters, opset `ONNX_OPSET`. jax2onnx would
   convert the Flax model directly, but its published requirements pin orbax-checkpoint below the version
-  this project needs, so the graph is written here: the network is eleven kinds of standard operator
-  (Conv, BatchNormalization, Relu/Tanh, LRN, MaxPool, Resize, Gemm, Softmax ...), each mapped one to one,
-  and tests compare it with JAX on every knob of the model and on all 10,000 test images.
+  this project needs, so the graph is written here: every layer is a standard operator (Conv,
+  BatchNormalization, Relu or Tanh, LRN, MaxPool, Resize, Gemm, Softmax), mapped one to one, and tests
+  compare the graph with JAX on every knob of the model and on all 10,000 test images.
 
 Computation is float32 in both, whatever `model.dtype` the run trained with.
 """

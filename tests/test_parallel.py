@@ -11,8 +11,8 @@ to 3 x 3 x 96) have sqrt(n) ~ 100-160, so about 1e-5 relative: RTOL. SGD moves a
 so a gradient's relative rounding becomes lr (0.02) times that in the parameter; elements whose value is
 itself near zero (a gradient that cancels, a freshly moved bias) get an absolute floor, ATOL = 1e-6, which
 also leaves room for a ReLU or max-pool choice that switches between strategies at one element. Measured
-on a 2-core AMD EPYC (AVX-512): the worst element used 5% of this budget after 3 steps without
-normalisation and 18% after one step with batch norm; the injected bugs exceed it 100- to 10,000-fold.
+on a 2-core AMD EPYC (AVX-512): the worst element used under 5% of this budget after 3 steps without
+normalisation and 16% after one step with batch norm; the injected bugs exceed it 3,000- to 14,000-fold.
 
 Why only a few steps: every step feeds the previous step's rounding difference through the training
 dynamics, which amplify it (measured: about 3x per step once it shows, so a 2e-5 relative difference at
