@@ -18,15 +18,15 @@ import numpy as np
 from absl import app, flags, logging
 
 from alexnet_jax import (
-  checkpointing,
-  classification_metrics,
-  cli,
-  explain,
-  input_pipeline,
-  metric_logging,
-  report_plots,
-  robustness,
-  trained_run,
+    checkpointing,
+    classification_metrics,
+    cli,
+    explain,
+    input_pipeline,
+    metric_logging,
+    report_plots,
+    robustness,
+    trained_run,
 )
 
 FLAGS = flags.FLAGS

@@ -41,7 +41,14 @@ DEFAULT_DIGITS = 12  # shown by default: this many test digits, a third of them 
 
 def logits_fn(run: trained_run.TrainedRun) -> LogitsFn:
   """float images in [0, 255], (N, 28, 28, 1) -> logits, differentiable with respect to the pixels."""
-  return lambda images: run.model.apply(run.variables, input_pipeline.normalize(images), train=False)
+  return run.logits_fn()
+
+
+def _intermediates(run: trained_run.TrainedRun, variables, images: jax.Array) -> dict[str, tuple]:
+  """What the model `sow`s (stage activations, penultimate features) for a batch of images."""
+  _, state = run.model.apply(variables, input_pipeline.normalize(images), train=False,
+                             mutable=["intermediates"])
+  return state["intermediates"]
 
 
 def conv1_filters(run: trained_run.TrainedRun) -> np.ndarray:
@@ -53,11 +60,8 @@ def conv1_filters(run: trained_run.TrainedRun) -> np.ndarray:
 def feature_maps(run: trained_run.TrainedRun, image: np.ndarray) -> dict[str, np.ndarray]:
   """Stage name -> (H, W, C) activations for one image, in the network's order (conv1_activation,
   pool1, conv2_activation, ...)."""
-  images = jnp.asarray(image, jnp.float32)[None]
-  _, state = run.model.apply(run.variables, input_pipeline.normalize(images), train=False,
-                             mutable=["intermediates"])
-  return {name: np.asarray(values[0][0]) for name, values in state["intermediates"].items()
-          if name != "features"}
+  stages = _intermediates(run, run.variables, jnp.asarray(image, jnp.float32)[None])
+  return {name: np.asarray(values[0][0]) for name, values in stages.items() if name != "features"}
 
 
 def most_active_channels(maps: np.ndarray, count: int) -> np.ndarray:
@@ -121,9 +125,7 @@ def penultimate_features(run: trained_run.TrainedRun, images: np.ndarray, batch_
 
   @jax.jit
   def features(variables, batch):
-    _, state = run.model.apply(variables, input_pipeline.normalize(batch), train=False,
-                               mutable=["intermediates"])
-    return state["intermediates"]["features"][0]
+    return _intermediates(run, variables, batch)["features"][0]
 
   return np.concatenate([np.asarray(features(run.variables, jnp.asarray(images[i:i + batch_size])))
                          for i in range(0, len(images), batch_size)])
@@ -157,8 +159,8 @@ def explain_run(workdir: str, which: str, paths: list[str], out: str) -> dict[st
 
   run = trained_run.load(workdir, which)
   if paths:  # A user's own images: through predict's preprocessing, each error named.
-    images = np.stack([predict.preprocess_file(p) for p in predict.expand_paths(paths)])
-    names = list(predict.expand_paths(paths))
+    names = predict.expand_paths(paths)
+    images = np.stack([predict.preprocess_file(p) for p in names])
     labels = None
   else:
     splits = input_pipeline.load_mnist(run.config.data, run.config.eval_batch_size)

@@ -273,9 +273,11 @@ class _PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _mean_of(pending_metrics: list[dict[str, jax.Array]], key: str) -> float:
-  """The mean of one metric over every step since the last log (dispatches hold one or many)."""
-  return float(np.mean(np.concatenate([np.ravel(m[key]) for m in jax.device_get(pending_metrics)])))
+def _means(pending_metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """Each metric's mean over every step since the last log (dispatches hold one or many), fetched from
+  the device in one transfer."""
+  fetched = jax.device_get(pending_metrics)
+  return {key: float(np.mean(np.concatenate([np.ravel(m[key]) for m in fetched]))) for key in fetched[0]}
 
 
 def _divergence_message(what: str, step: int, last_good_step: int | None, directory: str) -> str:
@@ -342,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_good_step = int(state.step)
 
   def log_training(step, pending_metrics):
-    loss, accuracy = _mean_of(pending_metrics, "loss"), _mean_of(pending_metrics, "accuracy")
+    means = _means(pending_metrics)
+    loss, accuracy = means["loss"], means["accuracy"]
     if not np.isfinite(loss):
       raise NonFiniteLossError(_divergence_message(f"non-finite training loss ({loss})", step,
                                                    last_good_step, checkpointer.directory))

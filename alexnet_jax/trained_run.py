@@ -30,7 +30,8 @@ class TrainedRun:
   step: int
 
   def logits_fn(self):
-    """A jitted function: uint8 images (N, 28, 28, 1) -> logits (N, classes)."""
+    """A jitted function: uint8 images, or float in [0, 255], (N, 28, 28, 1) -> logits (N, classes);
+    differentiable with respect to the images."""
     apply = jax.jit(lambda variables, images: self.model.apply(
         variables, input_pipeline.normalize(images), train=False))
     # The weights go in as arguments: closed over, they would be compiled into the program as constants.

@@ -12,12 +12,11 @@ import os
 import hypothesis
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from alexnet_jax import predict, serve
 from experiments import drawn_digits
-
-fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="the `serve` extra is in `test`")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -41,7 +40,7 @@ def predictor(synthetic_run):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-  return fastapi_testclient.TestClient(serve.create_app(serve.PredictionService(predictor)))
+  return TestClient(serve.create_app(serve.PredictionService(predictor)))
 
 
 def _predict(client, data: bytes, content_type: str = "image/png"):
