@@ -16,8 +16,8 @@ normalisation and 16% after one step with batch norm; the injected bugs exceed i
 
 Why only a few steps: every step feeds the previous step's rounding difference through the training
 dynamics, which amplify it (as reported from an AVX-512 EPYC: about 3x per step once it shows, a
-2e-5 relative difference at step 15 became 1.5% by step 30). Longer runs are compared loosely (`test_four_devices_train_like_one`),
-never to float tolerance: their agreement says which CPU ran them, not whether the code is right. Batch
+2e-5 relative difference at step 15 became 1.5% by step 30). Longer runs are compared loosely
+(`test_four_devices_train_like_one`), never to float tolerance: their agreement says which CPU ran them, not whether the code is right. Batch
 norm divides by the batch's standard deviation and amplifies sooner (one element of conv1's kernel moved by
 1e-3 of the update at step 3 under jit over 4), so it is compared after one step.
 
