@@ -15,11 +15,12 @@ on a 2-core AMD EPYC (AVX-512): the worst element used under 5% of this budget a
 normalisation and 16% after one step with batch norm; the injected bugs exceed it 3,000- to 14,000-fold.
 
 Why only a few steps: every step feeds the previous step's rounding difference through the training
-dynamics, which amplify it (as reported from an AVX-512 EPYC: about 3x per step once it shows, a
-2e-5 relative difference at step 15 became 1.5% by step 30). Longer runs are compared loosely
-(`test_four_devices_train_like_one`), never to float tolerance: their agreement says which CPU ran them, not whether the code is right. Batch
-norm divides by the batch's standard deviation and amplifies sooner (one element of conv1's kernel moved by
-1e-3 of the update at step 3 under jit over 4), so it is compared after one step.
+dynamics, which amplify it (as reported from an AVX-512 EPYC: about 3x per step once it shows, a 2e-5
+relative difference at step 15 became 1.5% by step 30). Longer runs are compared loosely
+(`test_four_devices_train_like_one`), never to float tolerance: their agreement says which CPU ran them,
+not whether the code is right. Batch norm divides by the batch's standard deviation and amplifies sooner
+(one element of conv1's kernel moved by 1e-3 of the update at step 3 under jit over 4), so it is compared
+after one step.
 
 Dropout is off (Flax draws dropout masks per device under pmap, by design); augmentation is on: every
 example gets its own key from the global batch whichever device holds it.
