@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexnet_jax import input_pipeline, models, optimizers, parallel
+from alexnet_jax import cpu_kernels, input_pipeline, models, onednn_build, optimizers, parallel
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,13 @@ def _check_positive(config: Any, field: str, allow_zero: bool = False) -> None:
   _require(ok, field, value, "must be >= 0" if allow_zero else "must be > 0")
 
 
+def _check_conv_impl_available(conv_impl: str) -> None:
+  try:
+    cpu_kernels.resolve_conv_impl(conv_impl)
+  except onednn_build.OnednnUnavailableError as error:
+    raise ConfigError(f"config.model.conv_impl={conv_impl!r}: {error}") from None
+
+
 def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -> None:
   """Raises ConfigError naming the first field that holds an unusable value."""
   _check_choice(config, "model.variant", models.VARIANTS)
@@ -46,6 +53,8 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   _check_choice(config, "model.pooling", models.POOLINGS)
   _check_choice(config, "model.normalization", models.NORMALIZATIONS)
   _check_choice(config, "model.dtype", tuple(models.COMPUTE_DTYPES))
+  _check_choice(config, "model.conv_impl", cpu_kernels.CONV_IMPLS)
+  _check_conv_impl_available(config.model.conv_impl)
   _check_choice(config, "optimizer", optimizers.OPTIMIZERS)
   _check_choice(config, "schedule", optimizers.SCHEDULES)
   _check_choice(config, "parallelism", parallel.STRATEGIES)

@@ -77,8 +77,8 @@ class Engine:
     self.data_sharding = parallel.replicated(parallel.create_mesh(jax.local_devices()))
     self.steps_per_epoch, self.total_steps = step_counts(config, self.layout.num_shards)
     self.rngs = rng_streams(config.seed)
-    self.model = models.create_model(config.model,
-                                     batch_norm_axis_name=self.strategy.batch_norm_axis_name)
+    self.model = models.create_model(config.model, batch_norm_axis_name=self.strategy.batch_norm_axis_name,
+                                     data_mesh=self.strategy.data_mesh)
     self.optimizer = optimizers.create_optimizer(config, self.total_steps)
     self.schedule = optimizers.create_schedule(config, self.total_steps)
     options = train.StepOptions.from_config(config)

@@ -19,12 +19,16 @@ takes them back; dropout randomness comes in through ``rngs={"dropout": key}``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from alexnet_jax import cpu_kernels
 
 VARIANTS = ("mnist", "original")
 ACTIVATIONS = ("relu", "tanh")
@@ -105,6 +109,12 @@ class AlexNet(nn.Module):
   dtype: Any = jnp.float32
   # Under pmap, the device axis to average batch statistics over (jit needs none: its batch is global).
   batch_norm_axis_name: str | None = None
+  # "xla", or "onednn": oneDNN convolutions and a fused max-pool backward (alexnet_jax/cpu_kernels.py);
+  # same parameters, same function up to rounding. `create_model` resolves the config's "auto".
+  conv_impl: str = "xla"
+  # Under jit over several devices: the mesh whose first axis splits the batch (the oneDNN custom call
+  # runs per shard on it).
+  data_mesh: Mesh | None = None
 
   def conv_specs(self) -> Sequence[ConvSpec]:
     specs = ORIGINAL_CONVS if self.variant == "original" else MNIST_CONVS
@@ -115,15 +125,30 @@ class AlexNet(nn.Module):
     return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
 
   def _pool(self, x: jax.Array) -> jax.Array:
-    if self.pooling == "overlapping":  # The paper's choice: z=3, s=2 (section 3.4).
-      return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
-    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+    # The paper's choice is overlapping: z=3, s=2 (section 3.4).
+    window = (3, 3) if self.pooling == "overlapping" else (2, 2)
+    if self.conv_impl == "onednn":
+      return cpu_kernels.max_pool(x, window, (2, 2))
+    return nn.max_pool(x, window_shape=window, strides=(2, 2), padding="VALID")
+
+  def _layer_dtype(self) -> Any:
+    """What the layers compute in. On the oneDNN path a bfloat16 model multiplies in bfloat16 inside its
+    convolutions (nearly all of its arithmetic) and keeps everything else in float32: XLA's CPU backend
+    runs bfloat16 elementwise work (ReLU, pooling, their gradients) slower than float32."""
+    return jnp.float32 if self.conv_impl == "onednn" else self.dtype
+
+  def _conv_function(self) -> Any:
+    if self.conv_impl == "onednn":
+      return functools.partial(cpu_kernels.conv_general_dilated, mesh=self.data_mesh,
+                               compute_dtype=self.dtype)
+    return jax.lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     if self.variant not in VARIANTS:
       raise ValueError(f"unknown AlexNet variant {self.variant!r}; expected one of {VARIANTS}")
-    x = images.astype(self.dtype)
+    dtype = self._layer_dtype()
+    x = images.astype(dtype)
     if self.variant == "original" and x.shape[1] != ORIGINAL_INPUT_SIZE:
       # The paper's first layer needs 227x227; MNIST is resized on the fly.
       x = jax.image.resize(
@@ -132,9 +157,9 @@ class AlexNet(nn.Module):
     for i, spec in enumerate(self.conv_specs(), start=1):
       x = nn.Conv(spec.features, (spec.kernel, spec.kernel), strides=spec.stride,
                   padding=spec.padding, use_bias=self.normalization != "batchnorm",
-                  dtype=self.dtype, name=f"conv{i}")(x)
+                  dtype=dtype, conv_general_dilated=self._conv_function(), name=f"conv{i}")(x)
       if self.normalization == "batchnorm":
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype,
                          axis_name=self.batch_norm_axis_name, name=f"bn{i}")(x)
       x = self._activate(x)
       if self.normalization == "lrn" and spec.lrn_after:
@@ -150,14 +175,15 @@ class AlexNet(nn.Module):
     width = self.dense_width or default_width
     for i in (1, 2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = self._activate(nn.Dense(width, dtype=self.dtype, name=f"fc{i}")(x))
+      x = self._activate(nn.Dense(width, dtype=dtype, name=f"fc{i}")(x))
     self.sow("intermediates", "features", x)  # the penultimate layer: what the classifier separates
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
+    logits = nn.Dense(self.num_classes, dtype=dtype, name="fc3")(x)
     return logits.astype(jnp.float32)
 
 
-def create_model(model_config: Any, batch_norm_axis_name: str | None = None) -> AlexNet:
-  """Builds the network from ``config.model``."""
+def create_model(model_config: Any, batch_norm_axis_name: str | None = None,
+                 data_mesh: Mesh | None = None) -> AlexNet:
+  """Builds the network from ``config.model``, resolving its ``conv_impl`` for this backend."""
   return AlexNet(
       variant=model_config.variant,
       num_classes=model_config.num_classes,
@@ -170,4 +196,7 @@ def create_model(model_config: Any, batch_norm_axis_name: str | None = None) -> 
       # Older runs' configs predate the field: they computed in float32.
       dtype=COMPUTE_DTYPES[model_config.get("dtype", "float32")],
       batch_norm_axis_name=batch_norm_axis_name,
+      # Older runs' configs predate the field too: they convolved through XLA.
+      conv_impl=cpu_kernels.resolve_conv_impl(model_config.get("conv_impl", "xla")),
+      data_mesh=data_mesh,
   )

@@ -50,6 +50,7 @@ class JitDataParallel:
   batch_norm_axis_name = None  # Under jit, batch statistics are already over the global batch.
 
   def __init__(self, mesh: Mesh):
+    self.data_mesh = mesh  # custom calls (the oneDNN convolution) run per shard over its data axis
     self.replicated = replicated(mesh)
     self.batch_sharding = batch_sharding(mesh)
 
@@ -82,6 +83,7 @@ class PmapDataParallel:
 
   name = "pmap"
   batch_norm_axis_name = DATA_AXIS
+  data_mesh = None  # each device already runs its own shard
 
   def __init__(self, devices: list | None = None):
     self.devices = jax.local_devices() if devices is None else devices

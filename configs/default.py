@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dense_width = 0  # 0: the variant's own (1024 for mnist, 4096 for original)
   # Compute dtype: float32 | bfloat16 (parameters and optimizer state stay float32 either way).
   config.model.dtype = "float32"
+  # Convolutions: auto (oneDNN on a CPU where its extension builds, else XLA) | xla | onednn.
+  config.model.conv_impl = "auto"
 
   # Data: TFDS `mnist`. Offline, point `manual_dir` at the four original .gz files.
   config.data = ml_collections.ConfigDict()

@@ -1,9 +1,12 @@
-"""Where a training step's time goes, per convolution: forward, weight gradient and input gradient, in
-milliseconds and GFLOP/s, for XLA (the project's path) and, where installed, PyTorch (channels_last):
+"""Where a training step's time goes, per convolution: forward, weight gradient, input gradient and the
+whole backward pass, in milliseconds and GFLOP/s, for XLA, for the oneDNN custom call where its extension
+loads (alexnet_jax/cpu_kernels.py), and, where installed, PyTorch (channels_last):
 
-  python -m experiments.layer_profile --config configs/default.py [--batch 128] [--notorch]
+  python -m experiments.layer_profile --config configs/default.py [--batch 128] [--dtype bfloat16]
 
-Each product is jitted (XLA) or run (PyTorch) on its own at the layer's real shapes, best of `repeats`.
+Each product is jitted (JAX) or run (PyTorch) on its own at the layer's real shapes, best of `repeats`.
+oneDNN computes both gradients in one call, so its `weight_grad` and `input_grad` rows each time that call.
+PyTorch's bfloat16 is autocast, as in experiments/throughput.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, models, summary
+from alexnet_jax import cli, cpu_kernels, models, summary
 from experiments import throughput
 
 FLAGS = flags.FLAGS
@@ -27,6 +30,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch", 128, "Batch size.")
   flags.DEFINE_integer("repeats", 5, "Timed calls per product; the best is kept.")
   flags.DEFINE_bool("torch", True, "Also time PyTorch's convolutions (the `bench` extra).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
 def _best_ms(call, repeats: int) -> float:
@@ -60,30 +64,37 @@ def conv_shapes(model: models.AlexNet) -> list[ConvShape]:
   return rows
 
 
-def xla_conv(conv: ConvShape) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """The convolution alone, NHWC x HWIO, with the model's stride and padding."""
+PRODUCTS = ("forward", "weight_grad", "input_grad", "backward")
+
+
+def xla_conv(conv: ConvShape, impl: str = "xla") -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The convolution alone, NHWC x HWIO, with the model's stride and padding, through `impl`."""
+  conv_fn = cpu_kernels.conv_general_dilated if impl == "onednn" else jax.lax.conv_general_dilated
 
   def apply(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, (conv.stride, conv.stride), conv.padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return conv_fn(x, w, (conv.stride, conv.stride), conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   return apply
 
 
-def xla_times(batch: int, conv: ConvShape, repeats: int) -> dict[str, float]:
+def jax_times(batch: int, conv: ConvShape, repeats: int, impl: str = "xla",
+              dtype: str = "float32") -> dict[str, float]:
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((batch, conv.side, conv.side, conv.in_channels), np.float32))
-  w = jnp.asarray(rng.standard_normal((conv.kernel, conv.kernel, conv.in_channels, conv.out_channels),
-                                      np.float32))
-  apply = xla_conv(conv)
+  x = jnp.asarray(rng.standard_normal((batch, conv.side, conv.side, conv.in_channels)), dtype)
+  w = jnp.asarray(rng.standard_normal((conv.kernel, conv.kernel, conv.in_channels, conv.out_channels)),
+                  dtype)
+  apply = xla_conv(conv, impl)
   dy = jnp.ones_like(apply(x, w))
   forward = jax.jit(apply)
-  # Each takes one cotangent of the VJP; XLA drops the unused forward and the other gradient.
-  weight_grad = jax.jit(lambda x, w, dy: jax.vjp(apply, x, w)[1](dy)[1])
+  # Each takes what it names of the VJP; XLA drops the unused forward (and, for XLA, the other gradient).
+  # The weight gradient alone is what the first layer needs, whose input is the images.
+  weight_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda w: apply(x, w), w)[1](dy)[0])
   input_grad = jax.jit(lambda x, w, dy: jax.vjp(apply, x, w)[1](dy)[0])
+  backward = jax.jit(lambda x, w, dy: jax.vjp(apply, x, w)[1](dy))
   return {"forward": _best_ms(lambda: forward(x, w).block_until_ready(), repeats),
           "weight_grad": _best_ms(lambda: weight_grad(x, w, dy).block_until_ready(), repeats),
-          "input_grad": _best_ms(lambda: input_grad(x, w, dy).block_until_ready(), repeats)}
+          "input_grad": _best_ms(lambda: input_grad(x, w, dy).block_until_ready(), repeats),
+          "backward": _best_ms(lambda: jax.block_until_ready(backward(x, w, dy)), repeats)}
 
 
 def torch_padding(conv: ConvShape) -> str:
@@ -92,7 +103,7 @@ def torch_padding(conv: ConvShape) -> str:
   return conv.padding.lower()
 
 
-def torch_times(batch: int, conv: ConvShape, repeats: int) -> dict[str, float]:
+def torch_times(batch: int, conv: ConvShape, repeats: int, dtype: str = "float32") -> dict[str, float]:
   import torch  # noqa: PLC0415 - optional
 
   fmt = torch.channels_last
@@ -100,41 +111,46 @@ def torch_times(batch: int, conv: ConvShape, repeats: int) -> dict[str, float]:
   x.requires_grad_(True)
   layer = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel, stride=conv.stride,
                           padding=torch_padding(conv)).to(memory_format=fmt)
-  y = layer(x)
-  dy = torch.ones_like(y)
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  with autocast:
+    dy = torch.ones_like(layer(x))
 
   def forward():
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
       layer(x)
 
-  def weight_grad():
-    torch.autograd.grad(layer(x), layer.weight, dy)
-
-  def input_grad():
-    torch.autograd.grad(layer(x), x, dy)
+  def gradient(*wrt):
+    def run():
+      with autocast:
+        y = layer(x)
+      torch.autograd.grad(y, wrt, dy)
+    return run
 
   # PyTorch's gradients include their own forward: subtract it to compare products alone.
   f = _best_ms(forward, repeats)
-  return {"forward": f, "weight_grad": _best_ms(weight_grad, repeats) - f,
-          "input_grad": _best_ms(input_grad, repeats) - f}
+  return {"forward": f, "weight_grad": _best_ms(gradient(layer.weight), repeats) - f,
+          "input_grad": _best_ms(gradient(x), repeats) - f,
+          "backward": _best_ms(gradient(x, layer.weight), repeats) - f}
 
 
 def main(argv: list[str]) -> None:
   del argv
   model = models.create_model(FLAGS.config.model)
   table = {r.name: r for r in summary.layer_table(model)}
-  torch_columns = " PyTorch ms | PyTorch GFLOP/s |" if FLAGS.torch else ""
-  print("| layer | product | XLA ms | XLA GFLOP/s |" + torch_columns)
-  print("|---|---|---:|---:|" + ("---:|---:|" if FLAGS.torch else ""))
+  impls = throughput.conv_impls_to_measure()
+  columns = [f"{name} ms | {name} GFLOP/s" for name in (*impls, *(["PyTorch"] if FLAGS.torch else []))]
+  print(f"{FLAGS.dtype}, batch {FLAGS.batch}; `backward` is both gradients (GFLOP/s counts two products)")
+  print("| layer | product | " + " | ".join(columns) + " |")
+  print("|---|---|" + "---:|---:|" * len(columns))
   for conv in conv_shapes(model):
     flops = FLAGS.batch * table[conv.name].flops_unpadded  # each product costs about one forward
-    xla = xla_times(FLAGS.batch, conv, FLAGS.repeats)
-    ref = torch_times(FLAGS.batch, conv, FLAGS.repeats) if FLAGS.torch else None
-    for product in ("forward", "weight_grad", "input_grad"):
-      line = f"| {conv.name} | {product} | {xla[product]:.1f} | {flops / xla[product] / 1e6:.0f} |"
-      if ref:
-        line += f" {ref[product]:.1f} | {flops / max(ref[product], 1e-3) / 1e6:.0f} |"
-      print(line, flush=True)
+    timings = [jax_times(FLAGS.batch, conv, FLAGS.repeats, impl, FLAGS.dtype) for impl in impls]
+    if FLAGS.torch:
+      timings.append(torch_times(FLAGS.batch, conv, FLAGS.repeats, FLAGS.dtype))
+    for product in PRODUCTS:
+      work = flops * (2 if product == "backward" else 1)
+      cells = [f"{t[product]:.1f} | {work / max(t[product], 1e-3) / 1e6:.0f}" for t in timings]
+      print(f"| {conv.name} | {product} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, engine, models
+from alexnet_jax import cli, cpu_kernels, engine, models
 from experiments import environment
 
 FLAGS = flags.FLAGS
@@ -169,13 +169,20 @@ def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[s
   return "\n".join(lines)
 
 
+def conv_impls_to_measure() -> tuple[str, ...]:
+  """XLA always; oneDNN too where its extension loads (alexnet_jax/cpu_kernels.py)."""
+  return ("xla", "onednn") if cpu_kernels.resolve_conv_impl("auto") == "onednn" else ("xla",)
+
+
 def measure(config: ml_collections.ConfigDict, steps: int, repeats: int, with_torch: bool,
             torch_dtypes: tuple[str, ...] = TORCH_DTYPES) -> dict[str, Any]:
   jax_results = {}
-  for dtype in ("float32", "bfloat16"):
-    variant = ml_collections.ConfigDict(config.to_dict())
-    variant.model.dtype = dtype
-    jax_results[dtype] = jax_throughput(variant, steps, repeats)
+  for conv_impl in conv_impls_to_measure():
+    for dtype in ("float32", "bfloat16"):
+      variant = ml_collections.ConfigDict(config.to_dict())
+      variant.model.dtype = dtype
+      variant.model.conv_impl = conv_impl
+      jax_results[f"{conv_impl}, {dtype}"] = jax_throughput(variant, steps, repeats)
   torch_results = torch_throughput(config, steps, repeats, torch_dtypes) if with_torch else None
   return {"environment": environment.describe(), "jax": jax_results, "torch": torch_results,
           "batch_size": config.batch_size,

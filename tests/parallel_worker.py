@@ -102,7 +102,9 @@ def run_normalization(normalization: str, splits, steps: int, with_bugs: bool, r
   reference_state = None
   for name, (strategy, step_fn) in strategies(with_bugs, normalization).items():
     prefix = f"{normalization}/{name}"
-    model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name)
+    model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name,
+                                data_mesh=strategy.data_mesh)
+    results[f"{prefix}/conv_impl"] = np.asarray(model.conv_impl)
     state = train.create_train_state(model, optimizers.create_optimizer(config, 100), init_rng)
     _record_state(results, f"{prefix}/state/0", state)
     state = strategy.place_state(state)

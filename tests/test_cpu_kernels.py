@@ -1,0 +1,226 @@
+"""The oneDNN convolution and the fused max-pool backward against XLA, their reference.
+
+Tolerances come from the arithmetic, not from one machine. float32: both sides compute the same sums of
+products in different orders, so they differ by rounding that grows like a random walk, sqrt(K) unit
+roundoffs (u = 2**-24) for a reduction of K terms; compared normwise (max |difference| / max |reference|)
+with a factor 8 of headroom: `_f32_tolerance`. bfloat16: both sides take the same bf16 inputs and
+accumulate in float32 (XLA converts to f32, convolves, converts back), so they differ by at most about one
+rounding of the bf16 result, 2**-8 = 3.9e-3 relative, plus the f32 term: 1e-2 normwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from alexnet_jax import cpu_kernels, models, onednn_build
+from experiments import layer_profile
+
+DN = ("NHWC", "HWIO", "NHWC")
+U32 = 2.0 ** -24
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension():
+  """The extension must build here (x86-64 Linux with g++): CI installs the compiler, so a failure to
+  build is a failure, never a skip."""
+  return onednn_build.load()
+
+
+def _normwise(actual, expected) -> float:
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def _f32_tolerance(terms: int) -> float:
+  return 8 * U32 * math.sqrt(terms)
+
+
+def _conv(impl, stride, padding, compute_dtype=None):
+  if impl == "onednn":
+    fn = functools.partial(cpu_kernels.conv_general_dilated, compute_dtype=compute_dtype)
+  else:
+    fn = lax.conv_general_dilated
+  return lambda x, w: fn(x, w, (stride, stride), padding, dimension_numbers=DN)
+
+
+def _to_bf16_and_back(a: jax.Array) -> jax.Array:
+  return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+# float32: float32 throughout. bfloat16: bfloat16 operands and results. bf16_compute: float32 operands and
+# results, products of bfloat16-rounded operands (what a bfloat16 model runs on the oneDNN path); its
+# reference is XLA in float32 on the same rounded operands (and rounded incoming gradient), so that the
+# two differ only in the order of float32 sums: the float32 tolerance applies.
+MODES = ("float32", "bfloat16", "bf16_compute")
+
+
+def _compare(batch: int, conv: layer_profile.ConvShape, mode: str) -> None:
+  side, cin, cout, kernel = conv.side, conv.in_channels, conv.out_channels, conv.kernel
+  rng = np.random.default_rng(batch * 1000 + side)
+  dtype = jnp.bfloat16 if mode == "bfloat16" else jnp.float32
+  x = jnp.asarray(rng.standard_normal((batch, side, side, cin)), dtype)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)) / math.sqrt(kernel * kernel * cin),
+                  dtype)
+  onednn = _conv("onednn", conv.stride, conv.padding, jnp.bfloat16 if mode == "bf16_compute" else None)
+  reference = _conv("xla", conv.stride, conv.padding)
+  y = jax.eval_shape(reference, x, w)
+  dy = jnp.asarray(np.random.default_rng(7).standard_normal(y.shape), dtype)
+
+  def products(conv, x, w, dy):
+    y, vjp = jax.vjp(conv, x, w)
+    return (y, *vjp(dy))
+
+  actual = jax.jit(functools.partial(products, onednn))(x, w, dy)
+  if mode == "bf16_compute":
+    x, w, dy = map(_to_bf16_and_back, (x, w, dy))
+  expected = jax.jit(functools.partial(products, reference))(x, w, dy)
+  out_side = y.shape[1]
+  reductions = {"forward": kernel * kernel * cin, "input_grad": kernel * kernel * cout,
+                "weight_grad": batch * out_side * out_side}
+  for (name, terms), e, a in zip(reductions.items(), expected, actual, strict=True):
+    assert a.shape == e.shape and a.dtype == e.dtype, name
+    tolerance = 1e-2 if mode == "bfloat16" else _f32_tolerance(terms)
+    assert _normwise(a, e) <= tolerance, (name, _normwise(a, e), tolerance)
+
+
+def _layer_shapes():
+  for variant in models.VARIANTS:
+    for conv in layer_profile.conv_shapes(models.AlexNet(variant=variant)):
+      yield pytest.param(conv, id=f"{variant}-{conv.name}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("conv", list(_layer_shapes()))
+def test_every_alexnet_layer_at_batch_1(conv, mode):
+  _compare(1, conv, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("conv", list(_layer_shapes()))
+def test_every_alexnet_layer_at_batch_128(conv, mode):
+  _compare(128, conv, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stride, padding", [(1, "VALID"), (2, "SAME"), (4, "VALID"), (3, ((1, 2), (0, 1)))])
+def test_strides_and_paddings(stride, padding, mode):
+  _compare(3, layer_profile.ConvShape("small", 15, 4, 8, 3, stride, padding), mode)
+
+
+def test_gradients_against_finite_differences():
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  for stride, padding in ((1, "SAME"), (2, "VALID")):
+    jax.test_util.check_grads(_conv("onednn", stride, padding), (x, w), order=1, modes=["rev"])
+
+
+def test_first_layer_skips_the_input_gradient_and_keeps_the_kernel_gradients():
+  """Where the input is not differentiated (the images), only the kernel-gradient call is made."""
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 1))
+  w = jax.random.normal(jax.random.key(1), (5, 5, 1, 6))
+  conv = _conv("onednn", 1, "SAME")
+  kernel_only = jax.jit(jax.grad(lambda w: jnp.sum(conv(x, w) ** 2)))
+  hlo = kernel_only.lower(w).as_text()
+  assert onednn_build.KERNEL_GRADIENT_TARGET in hlo and onednn_build.BACKWARD_TARGET + '"' not in hlo
+  both = jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))(x, w)
+  np.testing.assert_array_equal(kernel_only(w), both[1])
+
+
+def test_under_vmap_and_jit():
+  x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 5))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 5, 6))
+  reference = jax.vmap(_conv("xla", 1, "SAME"), in_axes=(0, None))(x, w)
+  mapped = jax.jit(jax.vmap(_conv("onednn", 1, "SAME"), in_axes=(0, None)))(x, w)
+  assert _normwise(mapped, reference) <= _f32_tolerance(3 * 3 * 5)
+  grads = jax.jit(jax.vmap(jax.grad(lambda x, w: jnp.sum(_conv("onednn", 1, "SAME")(x, w)), argnums=1),
+                           in_axes=(0, None)))(x, w)
+  expected = jax.vmap(jax.grad(lambda x, w: jnp.sum(_conv("xla", 1, "SAME")(x, w)), argnums=1),
+                      in_axes=(0, None))(x, w)
+  assert _normwise(grads, expected) <= _f32_tolerance(2 * 8 * 8)
+
+
+@pytest.mark.parametrize("case", ["dilation", "groups", "nchw", "float16", "negative_padding"])
+def test_what_onednn_does_not_cover_is_lax_exactly(case):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
+  args = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": DN}
+  if case == "dilation":
+    args["rhs_dilation"] = (2, 2)
+  elif case == "groups":
+    w, args["feature_group_count"] = w[:, :, :2], 2
+  elif case == "nchw":
+    x, args["dimension_numbers"] = x.transpose(0, 3, 1, 2), ("NCHW", "HWIO", "NCHW")
+  elif case == "float16":
+    x, w = x.astype(jnp.float16), w.astype(jnp.float16)
+  else:
+    args["padding"] = ((-1, 0), (0, 0))
+  hlo = jax.jit(lambda x, w: cpu_kernels.conv_general_dilated(x, w, **args)).lower(x, w).as_text()
+  assert "alexnet_onednn" not in hlo
+  np.testing.assert_array_equal(cpu_kernels.conv_general_dilated(x, w, **args),
+                                lax.conv_general_dilated(x, w, **args))
+
+
+def test_repeated_calls_give_the_same_bits():
+  x = jax.random.normal(jax.random.key(0), (16, 13, 13, 16))
+  w = jax.random.normal(jax.random.key(1), (5, 5, 16, 32))
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_conv("onednn", 1, "SAME")(x, w))), argnums=(0, 1)))
+  first, second = grad(x, w), grad(x, w)
+  for a, b in zip(first, second, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Max pooling
+
+
+@pytest.mark.parametrize("window", [(3, 3), (2, 2)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_max_pool_matches_flax_exactly_with_ties(window, dtype):
+  """After a ReLU many windows tie at zero: each window's gradient must go to its first maximum, as XLA's
+  select_and_scatter does. Small-integer cotangents keep every sum exact, so equality is exact."""
+  x = nn.relu(jax.random.normal(jax.random.key(0), (4, 13, 13, 8))).astype(dtype)
+  x = jnp.round(x * 2) / 2  # more ties among positive values too
+  reference = functools.partial(nn.max_pool, window_shape=window, strides=(2, 2), padding="VALID")
+  fast = functools.partial(cpu_kernels.max_pool, window=window, strides=(2, 2))
+  y, vjp_reference = jax.vjp(reference, x)
+  y_fast, vjp_fast = jax.vjp(fast, x)
+  np.testing.assert_array_equal(y_fast, y)
+  dy = jax.random.randint(jax.random.key(1), y.shape, -3, 4).astype(dtype)
+  np.testing.assert_array_equal(jax.jit(vjp_fast)(dy)[0], vjp_reference(dy)[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing the implementation
+
+
+def test_resolution():
+  assert cpu_kernels.resolve_conv_impl("xla") == "xla"
+  assert cpu_kernels.resolve_conv_impl("auto") == "onednn"
+  assert cpu_kernels.resolve_conv_impl("onednn") == "onednn"
+  for requested in cpu_kernels.CONV_IMPLS:  # accelerators always convolve through XLA
+    assert cpu_kernels.resolve_conv_impl(requested, backend="gpu") == "xla"
+  with pytest.raises(ValueError, match="conv_impl"):
+    cpu_kernels.resolve_conv_impl("cudnn")
+
+
+def test_model_with_onednn_has_the_same_parameters_and_function():
+  x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+  xla_model, onednn_model = models.AlexNet(), models.AlexNet(conv_impl="onednn")
+  variables = xla_model.init(jax.random.key(1), x, train=False)
+  onednn_variables = onednn_model.init(jax.random.key(1), x, train=False)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, onednn_variables)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(onednn_variables), strict=True):
+    np.testing.assert_array_equal(a, b)
+  logits = xla_model.apply(variables, x, train=False)
+  # Five layers of rounding, each within the f32 bound of its reduction; 1e-5 covers them.
+  assert _normwise(onednn_model.apply(variables, x, train=False), logits) <= 1e-5
