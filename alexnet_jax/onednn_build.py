@@ -81,7 +81,7 @@ def _compile(output: pathlib.Path, library: pathlib.Path, include: pathlib.Path)
   # Build beside the target and rename: processes starting together never load a half-written file.
   with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
     partial = pathlib.Path(tmp) / output.name
-    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", str(partial),
+    command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(partial),
                f"-I{jax.ffi.include_dir()}", f"-I{include}", str(library), f"-Wl,-rpath,{library.parent}"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

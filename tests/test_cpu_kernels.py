@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +24,10 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from alexnet_jax import cpu_kernels, models, onednn_build
+from alexnet_jax import cpu_kernels, metric_logging, models, onednn_build, optimizers, train
+from configs import smoke
 from experiments import layer_profile
+from tests.conftest import REPO_ROOT
 
 DN = ("NHWC", "HWIO", "NHWC")
 U32 = 2.0 ** -24
@@ -224,3 +229,60 @@ def test_model_with_onednn_has_the_same_parameters_and_function():
   logits = xla_model.apply(variables, x, train=False)
   # Five layers of rounding, each within the f32 bound of its reduction; 1e-5 covers them.
   assert _normwise(onednn_model.apply(variables, x, train=False), logits) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------
+# In training
+
+
+def test_one_train_step_with_onednn_is_xlas_to_rounding():
+  """The smoke network from one state on one batch of synthetic digits, SGD (linear in the gradient, so
+  rounding stays rounding: see tests/parallel_worker.py), dropout off. Each weight gradient is a sum of
+  up to 32 x 28 x 28 = 25,088 products (f32 bound 8 u sqrt(n) ~ 8e-5 of its scale), moved by lr = 0.02:
+  RTOL 1e-5 and an absolute floor of 1e-6, as the data-parallel agreement uses."""
+  config = smoke.get_config()
+  config.model.dropout_rate, config.optimizer, config.learning_rate = 0.0, "sgd", 0.02
+  options = train.StepOptions.from_config(config)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 28, 28, 1), np.uint8)),
+           "label": jnp.asarray(rng.integers(0, 10, (32,), np.int32)), "mask": jnp.ones((32,), jnp.float32)}
+  results = {}
+  for impl in ("xla", "onednn"):
+    config.model.conv_impl = impl
+    model = models.create_model(config.model)
+    assert model.conv_impl == impl
+    state = train.create_train_state(model, optimizers.create_optimizer(config, 10), jax.random.key(0))
+    step = jax.jit(functools.partial(train.train_step, options=options))
+    results[impl] = step(state, batch, jax.random.key(1))
+  (xla_state, xla_metrics), (onednn_state, onednn_metrics) = results["xla"], results["onednn"]
+  np.testing.assert_allclose(onednn_metrics["loss"], xla_metrics["loss"], rtol=1e-5)
+  for expected, actual in zip(jax.tree.leaves(xla_state.params), jax.tree.leaves(onednn_state.params),
+                              strict=True):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def _smoke_command(workdir, data_dir, *extra) -> list[str]:
+  return [sys.executable, "-m", "alexnet_jax.main", "--config", "configs/smoke.py", "--workdir", str(workdir),
+          f"--config.data.data_dir={data_dir}", "--config.num_train_steps=4", "--config.eval_every_steps=4",
+          "--config.checkpoint_every_steps=4", *extra]
+
+
+def test_without_a_compiler_auto_trains_with_xla_and_onednn_fails_in_one_line(tmp_path, mnist_data_dir):
+  """The extension made unbuildable (no compiler, an empty build cache): `auto` warns once and trains
+  with XLA; `onednn` stops before anything runs, with one line naming the field and the reason."""
+  env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), ALEXNET_JAX_CACHE=str(tmp_path / "cache"))
+  result = subprocess.run(_smoke_command(tmp_path / "auto", mnist_data_dir), cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, check=False, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("the oneDNN extension is unavailable: no C++ compiler") == 1, result.stderr
+  assert "convolutions by xla" in result.stderr
+  assert metric_logging.read_metrics(str(tmp_path / "auto"))[-1]["test_count"] == 10000
+
+  command = _smoke_command(tmp_path / "onednn", mnist_data_dir, "--config.model.conv_impl=onednn")
+  result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=600)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: config.model.conv_impl='onednn': no C++ compiler: {env['CXX']!r} is not on PATH "
+      "(install g++ or set CXX)")
+  assert not (tmp_path / "onednn" / "checkpoints").exists()

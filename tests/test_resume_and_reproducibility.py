@@ -28,10 +28,13 @@ def _command(workdir, data_dir, *extra):
           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *OVERRIDES, *extra]
 
 
-def _run(workdir, data_dir, *extra) -> str:
+def _run(workdir, data_dir, *extra, convolutions: str = "onednn") -> str:
+  """`convolutions`: the implementation the run must report (the smoke config's `auto` is oneDNN here:
+  its extension builds on every x86-64 Linux with g++, which CI installs)."""
   result = subprocess.run(_command(workdir, data_dir, *extra), cwd=REPO_ROOT, capture_output=True,
                           check=False, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f"convolutions by {convolutions}" in result.stderr
   return _fingerprint(workdir)
 
 
@@ -66,6 +69,12 @@ def reference(tmp_path_factory, mnist_data_dir) -> tuple[pathlib.Path, str]:
 def test_same_seed_same_bits_in_another_process(reference, tmp_path, mnist_data_dir):
   _, expected = reference
   assert _run(tmp_path / "again", mnist_data_dir) == expected
+
+
+def test_same_seed_same_bits_with_xlas_convolutions(tmp_path, mnist_data_dir):
+  runs = [_run(tmp_path / name, mnist_data_dir, "--config.model.conv_impl=xla", convolutions="xla")
+          for name in ("first", "second")]
+  assert runs[0] == runs[1] and runs[0] is not None
 
 
 def test_another_seed_other_bits(reference, tmp_path, mnist_data_dir):

@@ -20,6 +20,7 @@
 // concurrent calls (several simulated devices in one process) never share mutable state.
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -71,6 +72,10 @@ struct ConvPrimitives {
   dnnl::convolution_backward_data bwd_data;
   dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
   dnnl::convolution_backward_weights bwd_weights;
+  // The kernel gradient as one matrix product, (KH*KW*C, P) x (P, O) over the P = N*OH*OW output
+  // positions, of the unfolded input (im2col) and the output gradient. See KernelGradientByMatmul.
+  dnnl::matmul::primitive_desc matmul_pd;
+  dnnl::matmul matmul;
 
   explicit ConvPrimitives(const ConvShape& s) {
     auto& engine = CpuEngine();
@@ -95,6 +100,12 @@ struct ConvPrimitives {
         engine, direct, s.Src(s.compute), s.Weights(s.io, tag::any), s.Dst(s.compute), s.Strides(),
         s.PadLow(), s.PadHigh(), hint, attr);
     bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
+    const int64_t k = s.kh * s.kw * s.c, positions = s.n * s.oh * s.ow;
+    matmul_pd = dnnl::matmul::primitive_desc(
+        engine, dnnl::memory::desc({k, positions}, s.compute, dims{1, k}),  // the unfolded input, transposed
+        dnnl::memory::desc({positions, s.o}, s.compute, dims{s.o, 1}),
+        dnnl::memory::desc({k, s.o}, s.io, dims{s.o, 1}), attr);  // HWIO, row-major (kh, kw, c) x o
+    matmul = dnnl::matmul(matmul_pd);
   }
 };
 
@@ -150,6 +161,46 @@ dnnl::memory AsWanted(dnnl::memory user, const dnnl::memory::desc& wanted, dnnl:
   return converted;
 }
 
+// oneDNN 3.2's bfloat16 kernel-gradient convolution (brgconv_bwd_w on AMX) is slow on small feature maps:
+// on the mnist variant's 6x6 maps (conv3-5, batch 128, a 2-core Sapphire Rapids) it takes 33-35 ms per
+// layer, where an unfold (im2col) plus one AMX matrix product takes 6-13 ms. On 13x13 maps the two are
+// even or the convolution wins (conv2 here; conv3-5 of the `original` variant), in float32 the
+// convolution always wins, and with few input channels the unfold copies tiny rows. Measured with
+// experiments/layer_profile.py; docs/performance.md has the figures.
+bool UseMatmulForKernelGradient(const ConvShape& s) {
+  return s.compute == dtype::bf16 && s.c >= 16 && s.oh * s.ow <= 64;
+}
+
+// The input unfolded into rows of KH*KW*C, one per output position (zeros where the window hangs over
+// the padding), in the compute type.
+dnnl::memory Unfold(const ConvShape& s, dnnl::memory& src) {
+  const int64_t k = s.kh * s.kw * s.c, positions = s.n * s.oh * s.ow;
+  dnnl::memory cols(dnnl::memory::desc({positions, k}, s.compute, dims{k, 1}), CpuEngine());
+  const size_t item = dnnl::memory::data_type_size(s.compute), row_bytes = s.c * item;
+  const char* in = static_cast<const char*>(src.get_data_handle());
+  char* out = static_cast<char*>(cols.get_data_handle());
+#pragma omp parallel for collapse(2)
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t oy = 0; oy < s.oh; ++oy) {
+      for (int64_t ox = 0; ox < s.ow; ++ox) {
+        char* row = out + ((n * s.oh + oy) * s.ow + ox) * k * item;
+        for (int64_t ky = 0; ky < s.kh; ++ky) {
+          const int64_t iy = oy * s.sh - s.pt + ky;
+          for (int64_t kx = 0; kx < s.kw; ++kx, row += row_bytes) {
+            const int64_t ix = ox * s.sw - s.pl + kx;
+            if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) {
+              std::memset(row, 0, row_bytes);
+            } else {
+              std::memcpy(row, in + ((n * s.h + iy) * s.w + ix) * row_bytes, row_bytes);
+            }
+          }
+        }
+      }
+    }
+  }
+  return cols;
+}
+
 struct Call {
   const ConvShape& s;
   ConvPrimitives& p;
@@ -178,6 +229,14 @@ struct Call {
   }
 
   void KernelGradient(void* x, dnnl::memory& diff_dst, void* dw) {
+    if (UseMatmulForKernelGradient(s)) {
+      dnnl::memory src = Src(x);
+      dnnl::memory cols = Unfold(s, src);
+      dnnl::memory out(p.matmul_pd.dst_desc(), CpuEngine(), dw);
+      p.matmul.execute(stream, {{DNNL_ARG_SRC, cols}, {DNNL_ARG_WEIGHTS, diff_dst}, {DNNL_ARG_DST, out},
+                                {DNNL_ARG_SCRATCHPAD, Scratchpad(p.matmul_pd.scratchpad_desc())}});
+      return;
+    }
     dnnl::memory user = User(s.Weights(s.io, tag::hwio), dw);
     const auto& wanted = p.bwd_weights_pd.diff_weights_desc();
     dnnl::memory diff_weights = wanted == user.get_desc() ? user : dnnl::memory(wanted, CpuEngine());
