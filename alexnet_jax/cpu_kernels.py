@@ -52,6 +52,17 @@ def resolve_conv_impl(requested: str, backend: str | None = None) -> str:
   return "onednn" if _onednn_loads() else "xla"
 
 
+@functools.cache
+def native_bfloat16() -> bool:
+  """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), which oneDNN then uses."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    return False
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @functools.cache  # once per process: one warning line, however many models are built
 def _onednn_loads() -> bool:
   try:
@@ -161,12 +172,11 @@ def _explicit_padding(padding: str | Sequence[tuple[int, int]], x_shape: Sequenc
 
 
 def conv_general_dilated(  # noqa: PLR0917 - lax.conv_general_dilated's own signature
-    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-                         rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                         feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None, *, mesh: Mesh | None = None,
-                         compute_dtype: Any = None) -> jax.Array:
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
+    precision: Any = None, preferred_element_type: Any = None, *, mesh: Mesh | None = None,
+    compute_dtype: Any = None) -> jax.Array:
   """`lax.conv_general_dilated` through oneDNN where it applies (see the module docstring), else lax.
 
   `mesh`: under `jax.jit` over a Mesh whose first axis splits the batch, run per shard on that axis.

@@ -36,6 +36,15 @@ POOLINGS = ("overlapping", "non_overlapping")
 NORMALIZATIONS = ("none", "lrn", "batchnorm")
 # Compute dtypes; parameters, gradients and optimizer state stay float32 (the "master weights") either way.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# `auto`: bfloat16 where it is both fast and as accurate (oneDNN convolutions on a CPU with native bfloat16:
+# docs/performance.md has the speed and accuracy measured side by side), float32 everywhere else.
+DTYPE_CHOICES = ("auto", *COMPUTE_DTYPES)
+
+
+def resolve_dtype(name: str, conv_impl: str) -> Any:
+  if name == "auto":
+    name = "bfloat16" if conv_impl == "onednn" and cpu_kernels.native_bfloat16() else "float32"
+  return COMPUTE_DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +192,9 @@ class AlexNet(nn.Module):
 
 def create_model(model_config: Any, batch_norm_axis_name: str | None = None,
                  data_mesh: Mesh | None = None) -> AlexNet:
-  """Builds the network from ``config.model``, resolving its ``conv_impl`` for this backend."""
+  """Builds the network from ``config.model``, resolving its ``conv_impl`` and ``dtype`` for this machine."""
+  # Older runs' configs predate both fields: they convolved through XLA in float32.
+  conv_impl = cpu_kernels.resolve_conv_impl(model_config.get("conv_impl", "xla"))
   return AlexNet(
       variant=model_config.variant,
       num_classes=model_config.num_classes,
@@ -193,10 +204,8 @@ def create_model(model_config: Any, batch_norm_axis_name: str | None = None,
       dropout_rate=model_config.dropout_rate,
       width_multiplier=model_config.width_multiplier,
       dense_width=model_config.dense_width or None,
-      # Older runs' configs predate the field: they computed in float32.
-      dtype=COMPUTE_DTYPES[model_config.get("dtype", "float32")],
+      dtype=resolve_dtype(model_config.get("dtype", "float32"), conv_impl),
       batch_norm_axis_name=batch_norm_axis_name,
-      # Older runs' configs predate the field too: they convolved through XLA.
-      conv_impl=cpu_kernels.resolve_conv_impl(model_config.get("conv_impl", "xla")),
+      conv_impl=conv_impl,
       data_mesh=data_mesh,
   )

@@ -297,8 +297,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   if is_chief:
     _write_config(config, workdir)
-  logging.info("devices: %d x %s, data-parallel by %s, convolutions by %s", jax.device_count(),
-               jax.devices()[0].device_kind, run.strategy.name, run.model.conv_impl)
+  logging.info("devices: %d x %s, data-parallel by %s, convolutions by %s, compute dtype %s",
+               jax.device_count(), jax.devices()[0].device_kind, run.strategy.name, run.model.conv_impl,
+               jnp.dtype(run.model.dtype).name)
   splits = run.load_data()
   total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps

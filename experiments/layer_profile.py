@@ -5,12 +5,14 @@ loads (alexnet_jax/cpu_kernels.py), and, where installed, PyTorch (channels_last
   python -m experiments.layer_profile --config configs/default.py [--batch 128] [--dtype bfloat16]
 
 Each product is jitted (JAX) or run (PyTorch) on its own at the layer's real shapes, best of `repeats`.
-oneDNN computes both gradients in one call, so its `weight_grad` and `input_grad` rows each time that call.
+oneDNN computes both gradients in one call, so its `input_grad` row times that call; its `weight_grad` row
+is the kernel gradient alone (what the first layer, whose input is the images, runs).
 PyTorch's bfloat16 is autocast, as in experiments/throughput.py.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -67,9 +69,13 @@ def conv_shapes(model: models.AlexNet) -> list[ConvShape]:
 PRODUCTS = ("forward", "weight_grad", "input_grad", "backward")
 
 
-def xla_conv(conv: ConvShape, impl: str = "xla") -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """The convolution alone, NHWC x HWIO, with the model's stride and padding, through `impl`."""
-  conv_fn = cpu_kernels.conv_general_dilated if impl == "onednn" else jax.lax.conv_general_dilated
+def xla_conv(conv: ConvShape, impl: str = "xla", dtype: str = "float32"
+             ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The convolution alone, NHWC x HWIO, with the model's stride and padding, through `impl`, as the model
+  runs it in `dtype` (on the oneDNN path a bfloat16 model feeds float32 and multiplies in bfloat16)."""
+  conv_fn = jax.lax.conv_general_dilated
+  if impl == "onednn":
+    conv_fn = functools.partial(cpu_kernels.conv_general_dilated, compute_dtype=jnp.dtype(dtype))
 
   def apply(x: jax.Array, w: jax.Array) -> jax.Array:
     return conv_fn(x, w, (conv.stride, conv.stride), conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -80,10 +86,11 @@ def xla_conv(conv: ConvShape, impl: str = "xla") -> Callable[[jax.Array, jax.Arr
 def jax_times(batch: int, conv: ConvShape, repeats: int, impl: str = "xla",
               dtype: str = "float32") -> dict[str, float]:
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((batch, conv.side, conv.side, conv.in_channels)), dtype)
+  operands = jnp.float32 if impl == "onednn" else dtype
+  x = jnp.asarray(rng.standard_normal((batch, conv.side, conv.side, conv.in_channels)), operands)
   w = jnp.asarray(rng.standard_normal((conv.kernel, conv.kernel, conv.in_channels, conv.out_channels)),
-                  dtype)
-  apply = xla_conv(conv, impl)
+                  operands)
+  apply = xla_conv(conv, impl, dtype)
   dy = jnp.ones_like(apply(x, w))
   forward = jax.jit(apply)
   # Each takes what it names of the VJP; XLA drops the unused forward (and, for XLA, the other gradient).

@@ -36,6 +36,9 @@ def agreement_config(normalization: str):
   config = smoke.get_config()
   config.model.normalization = normalization
   config.model.dropout_rate = 0.0
+  # The tolerances are float32's: bfloat16 products (`auto` on a CPU with native bfloat16) would turn a
+  # rounding-level difference of an activation into a whole bfloat16 step wherever it flips a rounding.
+  config.model.dtype = "float32"
   config.optimizer = "sgd"
   config.learning_rate = 0.02
   return config

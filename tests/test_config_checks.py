@@ -26,6 +26,7 @@ def test_shipped_configs_are_valid(get_config):
     ("model.pooling", "avg"),
     ("model.normalization", "layernorm"),
     ("model.dtype", "float16"),
+    ("model.conv_impl", "cudnn"),
     ("model.dropout_rate", 1.0),
     ("model.width_multiplier", -0.5),
     ("optimizer", "lion"),

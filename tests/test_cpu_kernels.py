@@ -242,6 +242,7 @@ def test_one_train_step_with_onednn_is_xlas_to_rounding():
   RTOL 1e-5 and an absolute floor of 1e-6, as the data-parallel agreement uses."""
   config = smoke.get_config()
   config.model.dropout_rate, config.optimizer, config.learning_rate = 0.0, "sgd", 0.02
+  config.model.dtype = "float32"  # float32's tolerances (see tests/parallel_worker.py)
   options = train.StepOptions.from_config(config)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 28, 28, 1), np.uint8)),

@@ -112,3 +112,27 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
   assert logits.dtype == jnp.float32
   # bfloat16 keeps 8 bits of mantissa: close to float32, not equal.
   assert 0 < float(jnp.max(jnp.abs(logits - reference))) < 0.05 * float(jnp.max(jnp.abs(reference)))
+
+
+def test_auto_dtype_is_bfloat16_only_on_onednn_with_native_bfloat16(monkeypatch):
+  from alexnet_jax import cpu_kernels  # noqa: PLC0415
+
+  for native in (True, False):
+    monkeypatch.setattr(cpu_kernels, "native_bfloat16", lambda native=native: native)
+    expected = jnp.bfloat16 if native else jnp.float32
+    assert models.resolve_dtype("auto", "onednn") == expected
+    assert models.resolve_dtype("auto", "xla") == jnp.float32  # XLA's CPU bfloat16 buys nothing
+    assert models.resolve_dtype("float32", "onednn") == jnp.float32
+    assert models.resolve_dtype("bfloat16", "xla") == jnp.bfloat16
+
+
+def test_bfloat16_on_the_onednn_path_keeps_float32_activations():
+  """bfloat16 products inside the convolutions; everything XLA runs stays float32 (see _layer_dtype)."""
+  x = jnp.ones((2, 28, 28, 1))
+  model = models.AlexNet(dtype=jnp.bfloat16, conv_impl="onednn")
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state["intermediates"]))
+  xla_model = models.AlexNet(dtype=jnp.bfloat16)
+  xla_state = xla_model.apply(variables, x, train=False, mutable=["intermediates"])[1]
+  assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(xla_state["intermediates"]))

@@ -54,6 +54,7 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, m
   single = subprocess.run(_command(tmp_path / "single", mnist_data_dir), cwd=REPO_ROOT, env=env,
                           capture_output=True, check=False, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
+  assert "convolutions by onednn" in single.stderr  # the custom call, per shard over a global mesh
   expected = metric_logging.read_metrics(str(tmp_path / "single"))
 
   # Two processes, killed together once a checkpoint past the middle is on disk ...
@@ -76,6 +77,7 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path, m
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
   assert "resumed from the checkpoint at step" in outputs[0]
+  assert all("convolutions by onednn" in output for output in outputs)
   records = metric_logging.read_metrics(str(workdir))
   np.testing.assert_array_equal(train_losses(records), train_losses(expected))
   final, reference = records[-1], expected[-1]

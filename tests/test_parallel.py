@@ -97,6 +97,13 @@ def test_all_strategies_start_from_the_same_state(agreement):
       assert all(np.array_equal(actual[k], v) for k, v in expected.items()), name
 
 
+def test_every_strategy_convolves_through_onednn(agreement):
+  """The smoke config's `auto` on x86-64 Linux: the custom call, per shard under jit over the mesh."""
+  for normalization in CONSECUTIVE_STEPS:
+    for name in ("one", *STRATEGIES):
+      assert str(agreement[f"{normalization}/{name}/conv_impl"]) == "onednn", name
+
+
 @pytest.mark.parametrize("normalization", list(CONSECUTIVE_STEPS))
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_train_steps_agree_with_one_device(agreement, name, normalization):
