@@ -85,6 +85,15 @@ class _ConvSetup(NamedTuple):
   padding: tuple[tuple[int, int], ...]
   bf16_compute: bool  # float32 operands, bfloat16 products (see csrc/onednn_conv.cc)
   mesh: Mesh | None  # run per shard of the batch over this mesh's first axis
+  # The same bfloat16 products where oneDNN has no bfloat16 convolutions (AVX2-only CPUs): operands
+  # rounded to bfloat16 here, then a float32 convolution (a product of two bfloat16 values is exact in
+  # float32, so the arithmetic is the same; only the speed is float32's).
+  round_to_bf16: bool = False
+
+  def rounded(self, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    if not self.round_to_bf16:
+      return arrays
+    return tuple(a.astype(jnp.bfloat16).astype(a.dtype) for a in arrays)
 
   def attributes(self) -> dict[str, Any]:
     return {"strides": np.asarray(self.strides, np.int64),
@@ -128,7 +137,7 @@ def _ffi_kernel_gradient(x: jax.Array, w: jax.Array, dy: jax.Array, setup: _Conv
 def _onednn_conv(x: jax.Array, w: jax.Array, setup: _ConvSetup) -> jax.Array:
   forward = setup.per_shard(functools.partial(_ffi_forward, setup=setup),
                             (setup.batch_spec, PartitionSpec()), setup.batch_spec)
-  return forward(x, w)
+  return forward(*setup.rounded(x, w))
 
 
 def _onednn_conv_forward(x, w, setup):
@@ -141,7 +150,7 @@ def _onednn_conv_backward(setup, residuals, dy):
   x, w, input_gradient = residuals
   if isinstance(dy, jax.custom_derivatives.SymbolicZero):
     return None, None
-  dy = dy.astype(x.dtype)
+  x, w, dy = setup.rounded(x, w, dy.astype(x.dtype))
   axis = setup.mesh.axis_names[0] if setup.mesh is not None else None
 
   def summed(dw):  # The kernel gradient is a sum over the batch: add the shards' partial sums.
@@ -200,8 +209,13 @@ def conv_general_dilated(  # noqa: PLR0917 - lax.conv_general_dilated's own sign
     return lax_call()
   if mesh is not None and (mesh.size == 1 or lhs.shape[0] % mesh.size):
     mesh = None  # one device, or a batch that is not split (init's one-image dummy): run it whole
-  bf16_compute = compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
-  return _onednn_conv(lhs, rhs, _ConvSetup(tuple(int(s) for s in window_strides), pads, bf16_compute, mesh))
+  has_bf16 = onednn_build.load().has_bf16
+  if lhs.dtype == jnp.bfloat16 and not has_bf16:
+    return lax_call()
+  bf16_products = compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
+  strides = tuple(int(s) for s in window_strides)
+  setup = _ConvSetup(strides, pads, bf16_products and has_bf16, mesh, bf16_products and not has_bf16)
+  return _onednn_conv(lhs, rhs, setup)
 
 
 # ---------------------------------------------------------------------------------------------------

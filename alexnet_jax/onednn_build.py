@@ -45,6 +45,7 @@ class Extension:
   path: pathlib.Path
   onednn_version: str
   build_seconds: float  # 0.0 when it came from the cache
+  has_bf16: bool  # oneDNN has bfloat16 convolutions on this CPU (AVX-512 and up; not AVX2-only CPUs)
 
 
 def cache_dir() -> pathlib.Path:
@@ -114,5 +115,6 @@ def load() -> Extension:
   for target, symbol in _HANDLER_SYMBOLS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.alexnet_onednn_version.restype = ctypes.c_char_p
-  return Extension(path, lib.alexnet_onednn_version().decode(), build_seconds)
+  lib.alexnet_onednn_has_bf16.restype = ctypes.c_bool
+  return Extension(path, lib.alexnet_onednn_version().decode(), build_seconds, lib.alexnet_onednn_has_bf16())
 

@@ -10,6 +10,7 @@ rounding of the bf16 result, 2**-8 = 3.9e-3 relative, plus the f32 term: 1e-2 no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -287,3 +288,12 @@ def test_without_a_compiler_auto_trains_with_xla_and_onednn_fails_in_one_line(tm
       f"error: config.model.conv_impl='onednn': no C++ compiler: {env['CXX']!r} is not on PATH "
       "(install g++ or set CXX)")
   assert not (tmp_path / "onednn" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "bf16_compute"])
+def test_bfloat16_where_onednn_has_none(monkeypatch, mode):
+  """AVX2-only CPUs: oneDNN has no bfloat16 convolutions there. bfloat16 operands go to lax; bfloat16
+  products on float32 operands are had by rounding the operands first (exact products, same arithmetic)."""
+  without_bf16 = dataclasses.replace(onednn_build.load(), has_bf16=False)
+  monkeypatch.setattr(onednn_build, "load", lambda: without_bf16)
+  _compare(2, layer_profile.ConvShape("small", 9, 16, 16, 3, 1, "SAME"), mode)

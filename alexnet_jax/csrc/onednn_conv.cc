@@ -315,6 +315,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetOnednnConvBwdWeights, ConvKernelGradient,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() ALEXNET_CONV_ATTRIBUTES);
 
+// Whether oneDNN has bfloat16 convolutions on this CPU: it needs AVX-512 at least (AVX2-only CPUs have
+// none), and the Python side then rounds operands to bfloat16 itself and convolves in float32.
+extern "C" bool alexnet_onednn_has_bf16() {
+  try {
+    const dnnl::memory::desc src({1, 16, 4, 4}, dtype::bf16, tag::nhwc);
+    const dnnl::memory::desc dst({1, 16, 4, 4}, dtype::f32, tag::nhwc);
+    const dnnl::memory::desc weights({16, 16, 3, 3}, dtype::bf16, tag::any);
+    dnnl::convolution_forward::primitive_desc(CpuEngine(), dnnl::prop_kind::forward_training,
+                                              dnnl::algorithm::convolution_direct, src, weights, dst,
+                                              {1, 1}, {1, 1}, {1, 1});
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
 // The oneDNN version the library runs on, for reports.
 extern "C" const char* alexnet_onednn_version() {
   static std::string version = [] {
