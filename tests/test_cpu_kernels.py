@@ -98,15 +98,16 @@ def _compare(batch: int, conv: layer_profile.ConvShape, mode: str) -> None:
     assert _normwise(a, e) <= tolerance, (name, _normwise(a, e), tolerance)
 
 
-def _layer_shapes():
+def _layer_shapes(slow_variants: tuple[str, ...] = ()):
   for variant in models.VARIANTS:
+    marks = [pytest.mark.slow] if variant in slow_variants else []
     for conv in layer_profile.conv_shapes(models.AlexNet(variant=variant)):
-      yield pytest.param(conv, id=f"{variant}-{conv.name}")
+      yield pytest.param(conv, id=f"{variant}-{conv.name}", marks=marks)
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("conv", list(_layer_shapes()))
-def test_every_alexnet_layer_at_batch_1(conv, mode):
+@pytest.mark.parametrize("conv", list(_layer_shapes(slow_variants=("original",))))  # its 227x227 inputs
+def test_every_alexnet_layer_at_batch_1(conv, mode):  # the mnist variant's in the fast tier
   _compare(1, conv, mode)
 
 
