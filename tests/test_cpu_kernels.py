@@ -297,4 +297,14 @@ def test_bfloat16_where_onednn_has_none(monkeypatch, mode):
   products on float32 operands are had by rounding the operands first (exact products, same arithmetic)."""
   without_bf16 = dataclasses.replace(onednn_build.load(), has_bf16=False)
   monkeypatch.setattr(onednn_build, "load", lambda: without_bf16)
-  _compare(2, layer_profile.ConvShape("small", 9, 16, 16, 3, 1, "SAME"), mode)
+  conv = layer_profile.ConvShape("small", 9, 16, 16, 3, 1, "SAME")
+  _compare(2, conv, mode)
+  # Which path ran, so that this cannot pass by calling oneDNN's bfloat16 kernels after all.
+  dtype = jnp.bfloat16 if mode == "bfloat16" else jnp.float32
+  x, w = jnp.ones((2, 9, 9, 16), dtype), jnp.ones((3, 3, 16, 16), dtype)
+  onednn = _conv("onednn", 1, "SAME", jnp.bfloat16 if mode == "bf16_compute" else None)
+  hlo = jax.jit(onednn).lower(x, w).as_text()
+  if mode == "bfloat16":
+    assert "alexnet_onednn" not in hlo
+  else:
+    assert onednn_build.FORWARD_TARGET in hlo and "bf16_compute = false" in hlo

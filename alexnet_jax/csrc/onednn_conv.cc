@@ -162,7 +162,7 @@ dnnl::memory AsWanted(dnnl::memory user, const dnnl::memory::desc& wanted, dnnl:
 }
 
 // oneDNN 3.2's bfloat16 kernel-gradient convolution (brgconv_bwd_w on AMX) is slow on small feature maps:
-// on the mnist variant's 6x6 maps (conv3-5, batch 128, a 2-core Sapphire Rapids) it takes 33-35 ms per
+// on the mnist variant's 6x6 maps (conv3-5, batch 128, a 2-core Xeon with AMX-BF16) it takes 33-35 ms per
 // layer, where an unfold (im2col) plus one AMX matrix product takes 6-13 ms. On 13x13 maps the two are
 // even or the convolution wins (conv2 here; conv3-5 of the `original` variant), in float32 the
 // convolution always wins, and with few input channels the unfold copies tiny rows. Measured with
