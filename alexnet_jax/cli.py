@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing
+from alexnet_jax import checkpointing, trained_run
 
 
 def define_config(default: str | None = "configs/default.py", lock: bool = False) -> None:
@@ -23,9 +23,15 @@ def define_config(default: str | None = "configs/default.py", lock: bool = False
     flags.mark_flags_as_required(["config"])
 
 
-def define_trained_run() -> None:
-  """`--workdir` (required) and `--checkpoint`: which trained run, and which of its checkpoints."""
-  flags.DEFINE_string("workdir", None, "A training run's workdir.")
+def define_trained_run(multiple: bool = False) -> None:
+  """`--workdir` (required; repeatable with `multiple`), `--checkpoint` and `--weights`: which trained
+  run(s), which of their checkpoints, and which weights (the raw ones or their moving average)."""
+  if multiple:
+    flags.DEFINE_multi_string("workdir", None, "A training run's workdir; several: their ensemble.")
+  else:
+    flags.DEFINE_string("workdir", None, "A training run's workdir.")
   flags.DEFINE_string("checkpoint", "best", f"{' | '.join(checkpointing.CHECKPOINT_CHOICES)} or a saved "
                       "step number.")
+  flags.DEFINE_enum("weights", "auto", list(trained_run.WEIGHTS_CHOICES), "auto: the run's model (the "
+                    "moving average of its weights if it kept one); raw; ema.")
   flags.mark_flags_as_required(["workdir"])

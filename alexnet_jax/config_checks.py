@@ -67,6 +67,8 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
     _check_positive(config, field, allow_zero=True)
   _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", config.model.dropout_rate,
            "must be in [0, 1)")
+  ema_decay = config.get("ema_decay", 0.0)
+  _require(0.0 <= ema_decay < 1.0, "ema_decay", ema_decay, "must be in [0, 1) (0: no moving average)")
   _require(config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "must be < 1")
   _require(config.data.max_scale < 1.0, "data.max_scale", config.data.max_scale, "must be < 1")
   _require(0.0 < config.onecycle_pct_start < 1.0, "onecycle_pct_start", config.onecycle_pct_start,

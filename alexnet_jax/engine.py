@@ -84,6 +84,9 @@ class Engine:
     options = train.StepOptions.from_config(config)
     self.train_fn = self.strategy.compile_train(functools.partial(train.train_step, options=options))
     self.eval_fn = self.strategy.compile_eval(train.eval_step)
+    # With config.ema_decay > 0 the run's model is the moving average of its weights (see TrainState).
+    self.uses_ema = bool(config.get("ema_decay", 0.0))
+    self.ema_eval_fn = self.strategy.compile_eval(functools.partial(train.eval_step, use_ema=True))
     self._take_fn = jax.jit(input_pipeline.take_local_batch, static_argnames="batch_size")
     self._permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
                                    out_shardings=self.data_sharding)
@@ -117,8 +120,8 @@ class Engine:
 
   def initial_state(self) -> train.TrainState:
     """The freshly initialised state, replicated over the mesh (the form checkpoints hold)."""
-    return jax.jit(functools.partial(train.create_train_state, self.model, self.optimizer),
-                   out_shardings=parallel.replicated(self.mesh))(self.rngs.init)
+    create = functools.partial(train.create_train_state, self.model, self.optimizer, ema=self.uses_ema)
+    return jax.jit(create, out_shardings=parallel.replicated(self.mesh))(self.rngs.init)
 
   def place(self, state: train.TrainState) -> train.TrainState:
     """A replicated state -> the strategy's layout (a leading device axis under pmap)."""
@@ -192,6 +195,9 @@ class Engine:
 
   # --- Evaluation ----------------------------------------------------------------------------------
 
-  def evaluate(self, state: train.TrainState, split: input_pipeline.Split) -> dict[str, float]:
-    """Loss, accuracy and the exact number of examples over a whole split."""
-    return train.evaluate_split(self.eval_fn, state, split, self.config.eval_batch_size)
+  def evaluate(self, state: train.TrainState, split: input_pipeline.Split, use_ema: bool = False
+               ) -> dict[str, float]:
+    """Loss, accuracy and the exact number of examples over a whole split, of the weights or (use_ema)
+    of their moving average."""
+    return train.evaluate_split(self.ema_eval_fn if use_ema else self.eval_fn, state, split,
+                                self.config.eval_batch_size)

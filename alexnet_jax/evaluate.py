@@ -1,23 +1,32 @@
-"""Evaluate a trained run: `python -m alexnet_jax.evaluate --workdir DIR [--checkpoint best|latest|STEP]
-[--split test|validation]`.
+"""Evaluate a trained run, or an ensemble of several:
 
-Restores the chosen Orbax checkpoint, predicts every example of the split (all 10,000 for test: the last
-batch is padded and masked, never dropped) and writes `DIR/report/`: metrics.json, confusion_matrix.png,
-per_class.png, learning_curves.png, misclassified.png and report.md, which embeds them.
+  python -m alexnet_jax.evaluate --workdir DIR [--workdir DIR2 ...] [--checkpoint best|latest|STEP]
+      [--weights auto|raw|ema] [--split test|validation] [--report_dir OUT]
+
+Restores the chosen Orbax checkpoint of each run, predicts every example of the split (all 10,000 for
+test: the last batch is padded and masked, never dropped) and writes a report: metrics.json,
+confusion_matrix.png, per_class.png, reliability.png, learning_curves.png, misclassified.png,
+robustness.png, confused_pairs.png and report.md, which embeds them. One run: into DIR/report/. Several:
+their ensemble, the mean of their calibrated probabilities, into OUT (default: DIR/../ensemble_report/).
+
+Probabilities are calibrated by each run's temperature (alexnet_jax/calibration.py); a checkpoint without
+one stored gets it fitted on its validation split here, and stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 
 from alexnet_jax import (
+    calibration,
     checkpointing,
     classification_metrics,
     cli,
@@ -35,7 +44,9 @@ GALLERY_SIZE = 6
 
 
 def define_flags() -> None:
-  cli.define_trained_run()
+  cli.define_trained_run(multiple=True)
+  flags.DEFINE_string("report_dir", None, "Where the report goes (default: DIR/report, or for several runs "
+                      "DIR/../ensemble_report).")
   flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split to evaluate.")
   flags.DEFINE_bool("robustness", True, "Also measure accuracy under blur, stroke thickness, rotation, "
                     "translation and noise (23 passes over the split).")
@@ -43,12 +54,26 @@ def define_flags() -> None:
 
 def predict_probabilities(run: trained_run.TrainedRun, split: input_pipeline.Split, batch_size: int
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Softmax probabilities, labels and images of every real (unmasked) example of the split."""
-  probabilities = run.probabilities_fn()
-  outputs = [probabilities(batch["image"]) for batch in input_pipeline.eval_batches(split, batch_size)]
+  """Calibrated softmax probabilities, labels and images of every real (unmasked) example of the split."""
+  logits, labels = run.split_logits(split, batch_size)
   keep = np.asarray(split.mask) > 0
-  return (np.concatenate(jax.device_get(outputs))[keep], np.asarray(split.labels)[keep],
-          np.asarray(split.images)[keep])
+  return calibration.softmax(logits, run.temperature or 1.0), labels, np.asarray(split.images)[keep]
+
+
+def calibrated(run: trained_run.TrainedRun, splits: dict[str, input_pipeline.Split]
+               ) -> trained_run.TrainedRun:
+  """`run` with a temperature: the stored one, else one fitted now on validation (and stored)."""
+  if run.temperature is not None:
+    return run
+  if "validation" not in splits:
+    logging.warning("%s: no validation split to fit a temperature on: probabilities uncalibrated",
+                    run.workdir)
+    return run
+  entry = calibration.calibrate(run.workdir, run.weights, run.step,
+                                run.split_logits(splits["validation"], run.config.eval_batch_size))
+  logging.info("%s: temperature %.4f fitted on validation (ECE %.4f -> %.4f)", run.workdir,
+               entry["temperature"], entry["val_ece_before"], entry["val_ece_after"])
+  return dataclasses.replace(run, temperature=entry["temperature"])
 
 
 def confused_pair_galleries(run: trained_run.TrainedRun, most_confused: list[dict[str, int]],
@@ -66,43 +91,94 @@ def confused_pair_galleries(run: trained_run.TrainedRun, most_confused: list[dic
   return galleries
 
 
-def evaluate_run(workdir: str, which: str = "best", split_name: str = "test",
-                 with_robustness: bool = True) -> dict:
-  """Writes DIR/report/ and returns its metrics."""
-  run = trained_run.load(workdir, which)
-  config = run.config
-  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size)
+def _load_runs(workdirs: Sequence[str], which: str, weights: str
+               ) -> tuple[list[trained_run.TrainedRun], dict[str, input_pipeline.Split]]:
+  """The runs, calibrated, and the splits of the first one's data (which all of them must share)."""
+  runs = [trained_run.load(workdir, which, weights) for workdir in workdirs]
+  data_config = runs[0].config.data
+  for run in runs[1:]:
+    if run.config.data.validation_size != data_config.validation_size:
+      raise checkpointing.CheckpointError(
+          f"{run.workdir}: validation_size {run.config.data.validation_size} differs from "
+          f"{runs[0].workdir}'s {data_config.validation_size}; an ensemble needs the same splits")
+  splits = input_pipeline.load_mnist(data_config, runs[0].config.eval_batch_size)
+  return [calibrated(run, splits) for run in runs], splits
+
+
+def _ensemble_probabilities_fn(runs: Sequence[trained_run.TrainedRun], calibrated_output: bool = True):
+  functions = [run.probabilities_fn(calibrated_output) for run in runs]
+  return lambda images: sum(np.asarray(f(images), np.float64) for f in functions) / len(functions)
+
+
+def evaluate_runs(workdirs: Sequence[str], which: str = "best", split_name: str = "test", *,
+                  with_robustness: bool = True, weights: str = "auto", report_dir: str | None = None
+                  ) -> dict[str, Any]:
+  """Writes the report of one run (into DIR/report/) or of the ensemble of several (mean calibrated
+  probabilities, into `report_dir`) and returns its metrics."""
+  runs, splits = _load_runs(workdirs, which, weights)
   if split_name not in splits:
     raise checkpointing.CheckpointError(f"split {split_name!r} is not part of this run's data")
-  probabilities, labels, images = predict_probabilities(run, splits[split_name], config.eval_batch_size)
-  metrics = {"workdir": run.workdir, "checkpoint_step": run.step, "split": split_name,
-             **classification_metrics.classification_report(probabilities, labels)}
-  galleries = confused_pair_galleries(run, metrics["most_confused"], probabilities, labels, images)
+  batch_size = runs[0].config.eval_batch_size
+  outputs = [run.split_logits(splits[split_name], batch_size) for run in runs]
+  labels = outputs[0][1]
+  images = np.asarray(splits[split_name].images)[np.asarray(splits[split_name].mask) > 0]
+  probabilities = np.mean([calibration.softmax(logits, run.temperature or 1.0)
+                           for run, (logits, _) in zip(runs, outputs, strict=True)], axis=0)
+  uncalibrated = np.mean([calibration.softmax(logits) for logits, _ in outputs], axis=0)
+  members = [{"workdir": run.workdir, "checkpoint_step": run.step, "weights": run.weights,
+              "temperature": run.temperature,
+              "accuracy": float(np.mean(logits.argmax(-1) == labels))}
+             for run, (logits, _) in zip(runs, outputs, strict=True)]
+  metrics = {"workdir": runs[0].workdir, "checkpoint_step": runs[0].step, "weights": runs[0].weights,
+             "split": split_name, **classification_metrics.classification_report(probabilities, labels),
+             "expected_calibration_error_uncalibrated":
+                 classification_metrics.expected_calibration_error(uncalibrated, labels),
+             "loss_uncalibrated": classification_metrics.classification_report(uncalibrated, labels)["loss"]}
+  if len(runs) > 1:
+    metrics["ensemble"] = members
+  else:
+    metrics["temperature"] = runs[0].temperature
+  # Saliency needs one network to differentiate: an ensemble's report goes without the galleries.
+  galleries = (confused_pair_galleries(runs[0], metrics["most_confused"], probabilities, labels, images)
+               if len(runs) == 1 else [])
   if with_robustness:
-    metrics["robustness"] = robustness.curves(run.probabilities_fn(), images, labels,
-                                              config.eval_batch_size)
+    metrics["robustness"] = robustness.curves(_ensemble_probabilities_fn(runs), images, labels, batch_size)
     metrics["robustness_units"] = robustness.UNITS
-  report_dir = os.path.join(workdir, "report")
+  if report_dir is None:
+    report_dir = (os.path.join(workdirs[0], "report") if len(runs) == 1 else
+                  os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "ensemble_report"))
   os.makedirs(report_dir, exist_ok=True)
   with open(os.path.join(report_dir, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)
-  report_plots.write_all(report_dir, metrics, metric_logging.read_metrics(workdir),
-                         probabilities=probabilities, labels=labels, images=images, galleries=galleries,
-                         units=robustness.UNITS)
+  records = metric_logging.read_metrics(workdirs[0]) if len(runs) == 1 else []
+  report_plots.write_all(report_dir, metrics, records, probabilities=probabilities, labels=labels,
+                         images=images, galleries=galleries, units=robustness.UNITS,
+                         uncalibrated=uncalibrated)
   report_plots.write_markdown(report_dir, metrics)
+  metrics["report_dir"] = report_dir
   return metrics
+
+
+def evaluate_run(workdir: str, which: str = "best", split_name: str = "test",
+                 with_robustness: bool = True, weights: str = "auto") -> dict[str, Any]:
+  """Writes DIR/report/ and returns its metrics."""
+  return evaluate_runs([workdir], which, split_name, with_robustness=with_robustness, weights=weights)
 
 
 def main(argv: list[str]) -> None:
   del argv
   try:
-    metrics = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.robustness)
+    metrics = evaluate_runs(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, with_robustness=FLAGS.robustness,
+                            weights=FLAGS.weights, report_dir=FLAGS.report_dir)
   except (checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
-  print(f"{metrics['split']} accuracy {metrics['accuracy']:.4f} over {metrics['count']} images "
-        f"(checkpoint step {metrics['checkpoint_step']}); report in "
-        f"{os.path.join(FLAGS.workdir, 'report')}", flush=True)
+  what = (f"ensemble of {len(metrics['ensemble'])} runs" if "ensemble" in metrics
+          else f"checkpoint step {metrics['checkpoint_step']}, {metrics['weights']} weights")
+  print(f"{metrics['split']} accuracy {metrics['accuracy']:.4f} over {metrics['count']} images ({what}); "
+        f"calibration error {metrics['expected_calibration_error']:.4f} (uncalibrated "
+        f"{metrics['expected_calibration_error_uncalibrated']:.4f}); report in {metrics['report_dir']}",
+        flush=True)
 
 
 if __name__ == "__main__":

@@ -153,11 +153,12 @@ def default_digits(probabilities: np.ndarray, labels: np.ndarray, count: int = D
 # --- Command line -------------------------------------------------------------------------------------
 
 
-def explain_run(workdir: str, which: str, paths: list[str], out: str) -> dict[str, object]:
+def explain_run(workdir: str, which: str, paths: list[str], out: str, weights: str = "auto"
+                ) -> dict[str, object]:
   """Writes the pictures and explain.md to `out`; returns what they show, as arrays and numbers."""
   from alexnet_jax import evaluate, explain_plots  # noqa: PLC0415 - matplotlib only when drawing
 
-  run = trained_run.load(workdir, which)
+  run = trained_run.load(workdir, which, weights)
   if paths:  # A user's own images: through predict's preprocessing, each error named.
     names = predict.expand_paths(paths)
     images = np.stack([predict.preprocess_file(p) for p in names])
@@ -195,7 +196,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   try:
     out = FLAGS.out or os.path.join(FLAGS.workdir, "explain")
-    result = explain_run(FLAGS.workdir, FLAGS.checkpoint, argv[1:], out)
+    result = explain_run(FLAGS.workdir, FLAGS.checkpoint, argv[1:], out, FLAGS.weights)
   except (checkpointing.CheckpointError, predict.ImageError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
   print(f"explained {len(result['names'])} digits; pictures and explain.md in {out}", flush=True)

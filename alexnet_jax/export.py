@@ -3,7 +3,8 @@
 
 Both formats take float32 images of shape (N, 28, 28, 1) with pixel values in [0, 255], in MNIST's own
 form (light ink on black, centred: what `predict.preprocess` produces), with a symbolic batch size N, and
-return softmax probabilities (N, 10). The normalisation is inside the graph; the weights are constants.
+return softmax probabilities (N, 10). The normalisation is inside the graph; the weights are constants;
+the run's calibration temperature (alexnet_jax/calibration.py) divides the logits before the softmax.
 
 * `stablehlo`: `jax.export` serialized (`jax.export.deserialize(bytes).call(images)` runs it in any JAX,
   without this project's code).
@@ -45,13 +46,14 @@ def float32_model(model: models.AlexNet) -> models.AlexNet:
                              data_mesh=None)
 
 
-def probabilities_fn(model: models.AlexNet, variables: dict[str, Any]):
-  """float32 images (N, 28, 28, 1) in [0, 255] -> probabilities (N, classes), weights as constants."""
+def probabilities_fn(model: models.AlexNet, variables: dict[str, Any], temperature: float = 1.0):
+  """float32 images (N, 28, 28, 1) in [0, 255] -> softmax(logits / temperature) (N, classes), weights as
+  constants."""
   model = float32_model(model)
 
   def probabilities(images: jax.Array) -> jax.Array:
     logits = model.apply(variables, input_pipeline.normalize(images), train=False)
-    return jax.nn.softmax(logits)
+    return jax.nn.softmax(logits / jnp.float32(temperature))
 
   return probabilities
 
@@ -59,11 +61,11 @@ def probabilities_fn(model: models.AlexNet, variables: dict[str, Any]):
 # --- StableHLO ----------------------------------------------------------------------------------------
 
 
-def to_stablehlo(model: models.AlexNet, variables: dict[str, Any]) -> bytes:
+def to_stablehlo(model: models.AlexNet, variables: dict[str, Any], temperature: float = 1.0) -> bytes:
   """`jax.export` of the network with a symbolic batch dimension, serialized."""
   (batch,) = jax.export.symbolic_shape("batch")
   images = jax.ShapeDtypeStruct((batch, *models.INPUT_SHAPE), jnp.float32)
-  exported = jax.export.export(jax.jit(probabilities_fn(model, variables)))(images)
+  exported = jax.export.export(jax.jit(probabilities_fn(model, variables, temperature)))(images)
   return bytes(exported.serialize())
 
 
@@ -117,7 +119,7 @@ def _conv(graph: _Graph, x: str, params: dict, spec: models.ConvSpec, size: int)
   return out, (size + low + high - spec.kernel) // spec.stride + 1
 
 
-def to_onnx(model: models.AlexNet, variables: dict[str, Any]) -> bytes:
+def to_onnx(model: models.AlexNet, variables: dict[str, Any], temperature: float = 1.0) -> bytes:
   """The network as a serialized ONNX model (NHWC float images in [0, 255] -> probabilities)."""
   graph = _Graph()
   onnx = graph.onnx
@@ -162,6 +164,8 @@ def to_onnx(model: models.AlexNet, variables: dict[str, Any]) -> bytes:
                           graph.constant("b", np.asarray(dense["bias"], np.float32))])
     if i < 3:
       x = graph.op(activation, [x])
+  if temperature != 1.0:
+    x = graph.op("Div", [x, graph.constant("temperature", np.float32(temperature))])
   graph.nodes.append(onnx.helper.make_node("Softmax", [x], ["probabilities"], axis=-1))
   onnx_graph = onnx.helper.make_graph(
       graph.nodes, "alexnet_jax",
@@ -177,15 +181,16 @@ def to_onnx(model: models.AlexNet, variables: dict[str, Any]) -> bytes:
 # --- Command line -------------------------------------------------------------------------------------
 
 
-def export_run(workdir: str, which: str, export_format: str, out: str) -> str:
+def export_run(workdir: str, which: str, export_format: str, out: str, weights: str = "auto") -> str:
   """Writes the run's network in `export_format` to `out`; returns the path written."""
   if export_format not in FORMATS:
     raise ExportError(f"--format={export_format!r}: expected one of {', '.join(FORMATS)}")
   directory = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
     raise ExportError(f"{out}: cannot write there ({directory} is not a writable folder)")
-  run = trained_run.load(workdir, which)
-  data = (to_onnx if export_format == "onnx" else to_stablehlo)(run.model, run.variables)
+  run = trained_run.load(workdir, which, weights)
+  data = (to_onnx if export_format == "onnx" else to_stablehlo)(run.model, run.variables,
+                                                                 run.temperature or 1.0)
   # Written beside the target and renamed, so that a failed export never leaves half a file.
   with open(out + ".tmp", "wb") as f:
     f.write(data)
@@ -204,7 +209,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   try:
-    path = export_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.format, FLAGS.out)
+    path = export_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.weights)
   except (ExportError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
   print(f"wrote {path} ({os.path.getsize(path):,} bytes, {FLAGS.format})", flush=True)

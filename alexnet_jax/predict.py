@@ -187,9 +187,9 @@ class Predictor:
     return np.concatenate(outputs) if outputs else np.zeros((0, 10), np.float32)
 
 
-def load_predictor(workdir: str, checkpoint: str = "best") -> Predictor:
-  """Restores `workdir`'s checkpoint (best | latest | a step) once."""
-  run = trained_run.load(workdir, checkpoint)
+def load_predictor(workdir: str, checkpoint: str = "best", weights: str = "auto") -> Predictor:
+  """Restores `workdir`'s checkpoint (best | latest | a step) once, with its calibration temperature."""
+  run = trained_run.load(workdir, checkpoint, weights)
   return Predictor(run, batch_size=run.config.eval_batch_size)
 
 
@@ -251,7 +251,7 @@ def main(argv: list[str]) -> None:
   if not paths:
     sys.exit("error: no images given: python -m alexnet_jax.predict --workdir DIR IMAGE [IMAGE ...]")
   try:
-    predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint)
+    predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   except (checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
   records = predict_files(predictor, paths)

@@ -118,13 +118,50 @@ def confused_pairs_plot(path: str, galleries: list[dict[str, Any]]) -> None:
   save_figure(fig, path)
 
 
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = 15
+                     ) -> list[dict[str, float]]:
+  """Per equal-width confidence bin (as classification_metrics.expected_calibration_error cuts them):
+  mean confidence, accuracy and share of the examples; empty bins left out."""
+  confidence = probabilities.max(axis=1)
+  correct = probabilities.argmax(axis=1) == labels
+  bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)
+  return [{"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()),
+           "share": float(np.mean(bins == b))} for b in range(num_bins) if np.any(bins == b)]
+
+
+def reliability_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
+                     uncalibrated: np.ndarray | None = None) -> None:
+  """Accuracy against confidence per bin, before and after calibration: on the diagonal is calibrated.
+  Beside it, how the examples spread over the bins (almost all sit in the top one on MNIST)."""
+  fig, (ax, share_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+  ax.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
+  curves = [("after calibration", probabilities, "o-")]
+  if uncalibrated is not None:
+    curves.insert(0, ("before (raw softmax)", uncalibrated, "s--"))
+  for name, probs, style in curves:
+    points = reliability_bins(probs, labels)
+    ax.plot([p["confidence"] for p in points], [p["accuracy"] for p in points], style, label=name)
+    share_ax.plot([p["confidence"] for p in points], [p["share"] for p in points], style, label=name)
+  ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+         title="Reliability diagram (15 bins)")
+  share_ax.set(xlabel="confidence (top probability)", ylabel="share of examples", yscale="log",
+               xlim=(0, 1), title="Examples per bin")
+  for axis in (ax, share_ax):
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left")
+  save_figure(fig, path)
+
+
 def write_all(report_dir: str, metrics: dict[str, Any], records: list[dict[str, Any]], *,
               probabilities: np.ndarray, labels: np.ndarray, images: np.ndarray,
-              galleries: list[dict[str, Any]] | None = None, units: dict[str, str] | None = None) -> None:
+              galleries: list[dict[str, Any]] | None = None, units: dict[str, str] | None = None,
+              uncalibrated: np.ndarray | None = None) -> None:
   confusion_matrix_plot(os.path.join(report_dir, "confusion_matrix.png"),
                         np.asarray(metrics["confusion_matrix"]))
   per_class_plot(os.path.join(report_dir, "per_class.png"), metrics["per_class"])
-  learning_curves_plot(os.path.join(report_dir, "learning_curves.png"), records)
+  reliability_plot(os.path.join(report_dir, "reliability.png"), probabilities, labels, uncalibrated)
+  if records:  # an ensemble has no one learning curve
+    learning_curves_plot(os.path.join(report_dir, "learning_curves.png"), records)
   misclassified_plot(os.path.join(report_dir, "misclassified.png"), probabilities, labels, images)
   if galleries:
     confused_pairs_plot(os.path.join(report_dir, "confused_pairs.png"), galleries)
@@ -134,15 +171,28 @@ def write_all(report_dir: str, metrics: dict[str, Any], records: list[dict[str, 
 
 def write_markdown(report_dir: str, metrics: dict[str, Any]) -> None:
   per_class = metrics["per_class"]
+  members = metrics.get("ensemble", [])
+  title = (f"ensemble of {len(members)} runs" if members else
+           f"checkpoint step {metrics['checkpoint_step']}, {metrics.get('weights', 'raw')} weights")
+  temperature = metrics.get("temperature")
   lines = [
-      f"# Evaluation: {metrics['split']} split, checkpoint step {metrics['checkpoint_step']}",
+      f"# Evaluation: {metrics['split']} split, {title}",
       "",
       f"- accuracy **{100 * metrics['accuracy']:.2f}%** over {metrics['count']:,} images; "
       f"loss {metrics['loss']:.4f}",
       f"- macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['recall']:.4f}, "
       f"F1 {metrics['macro']['f1']:.4f}",
-      f"- expected calibration error {metrics['expected_calibration_error']:.4f}",
+      f"- expected calibration error {metrics['expected_calibration_error']:.4f} (raw softmax: "
+      f"{metrics.get('expected_calibration_error_uncalibrated', float('nan')):.4f}"
+      + (f"; temperature {temperature:.4f}, fitted on validation)" if temperature else ")"),
       "",
+  ]
+  if members:
+    lines += ["| member | checkpoint | weights | temperature | accuracy |", "|---|---:|---|---:|---:|"]
+    lines += [f"| {m['workdir']} | {m['checkpoint_step']} | {m['weights']} | "
+              f"{m['temperature'] or float('nan'):.4f} | {100 * m['accuracy']:.2f}% |" for m in members]
+    lines += [""]
+  lines += [
       "| digit | precision | recall | F1 | support |",
       "|---:|---:|---:|---:|---:|",
   ]
@@ -153,7 +203,10 @@ def write_markdown(report_dir: str, metrics: dict[str, Any]) -> None:
             "| true | predicted | count |", "|---:|---:|---:|"]
   lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in metrics["most_confused"]]
   lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![per class](per_class.png)", "",
-            "![learning curves](learning_curves.png)", "", "![misclassified](misclassified.png)", ""]
+            "![reliability](reliability.png)", ""]
+  if not members:
+    lines += ["![learning curves](learning_curves.png)", ""]
+  lines += ["![misclassified](misclassified.png)", ""]
   if os.path.exists(os.path.join(report_dir, "confused_pairs.png")):
     lines += ["## Hard cases", "", "![confused pairs](confused_pairs.png)", ""]
   if "robustness" in metrics:

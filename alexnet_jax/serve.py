@@ -148,7 +148,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   try:
-    predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint)
+    predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   except checkpointing.CheckpointError as e:
     sys.exit(f"error: {e}")
   import uvicorn  # noqa: PLC0415 - the optional `serve` extra

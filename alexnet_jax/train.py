@@ -31,6 +31,7 @@ from flax.training import train_state
 
 from alexnet_jax import (
     augmentation,
+    calibration,
     checkpointing,
     config_checks,
     engine,
@@ -38,6 +39,7 @@ from alexnet_jax import (
     input_pipeline,
     metric_logging,
     models,
+    trained_run,
 )
 
 # Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, the shell's way).
@@ -45,9 +47,18 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class TrainState(train_state.TrainState):
-  """params, opt_state and step from Flax's TrainState, plus batch-norm statistics ({} if none)."""
+  """params, opt_state and step from Flax's TrainState, plus batch-norm statistics ({} if none) and the
+  exponential moving average of both ({} unless config.ema_decay > 0)."""
 
   batch_stats: Any = flax.struct.field(default_factory=dict)
+  # {"params": ..., "batch_stats": ...}: what `model.apply` takes, averaged over the steps (Polyak).
+  ema: Any = flax.struct.field(default_factory=dict)
+
+  def variables(self, use_ema: bool = False) -> dict[str, Any]:
+    """The model's variables: the raw weights, or their moving average."""
+    if use_ema:
+      return self.ema
+    return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,12 +79,14 @@ class StepOptions:
   max_translate: float = 0.0
   max_rotate: float = 0.0
   max_scale: float = 0.0
+  ema_decay: float = 0.0  # 0: no moving average
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepOptions:
     return cls(num_classes=config.model.num_classes, label_smoothing=config.label_smoothing,
                augment=config.data.augment, max_translate=config.data.max_translate,
-               max_rotate=config.data.max_rotate, max_scale=config.data.max_scale)
+               max_rotate=config.data.max_rotate, max_scale=config.data.max_scale,
+               ema_decay=config.get("ema_decay", 0.0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,11 +95,30 @@ class StepOptions:
 
 
 def create_train_state(model: models.AlexNet, optimizer: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
+                       rng: jax.Array, ema: bool = False) -> TrainState:
+  """A fresh state; with `ema`, the moving average starts at the initial weights."""
   dummy = jnp.zeros((1, *models.INPUT_SHAPE), jnp.float32)
   variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
-                           batch_stats=variables.get("batch_stats", {}))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
+                            batch_stats=variables.get("batch_stats", {}))
+  return state.replace(ema=jax.tree.map(jnp.copy, state.variables())) if ema else state
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """The moving average's decay at `step`: min(decay, (1 + step) / (10 + step)).
+
+  The ramp (TensorFlow's ExponentialMovingAverage with num_updates) lets the average forget the random
+  initial weights within the first few hundred steps; a fixed 0.999 would still hold e^-3 = 5% of them
+  after 3,000 steps, which is most of a short run.
+  """
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(state: TrainState, previous_step: jax.Array, decay: float) -> TrainState:
+  """The moving average moved towards the state's (new) variables."""
+  weight_of_new = 1.0 - ema_decay_at(previous_step, decay)
+  return state.replace(ema=optax.incremental_update(state.variables(), state.ema, weight_of_new))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -144,7 +176,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
   if axis_name is not None:
     grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if options.ema_decay:
+    new_state = update_ema(new_state, state.step, options.ema_decay)
+  return new_state, metrics
 
 
 def train_steps(state: TrainState, data: tuple[jax.Array, jax.Array], first_step: jax.Array, *,
@@ -174,14 +209,14 @@ def train_steps(state: TrainState, data: tuple[jax.Array, jax.Array], first_step
   return jax.lax.scan(one_step, state, first_step + jnp.arange(num_steps))
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None
-              ) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None,
+              use_ema: bool = False) -> dict[str, jax.Array]:
   """Masked sums over one batch: padding examples (mask 0) count for nothing.
 
-  Under pmap, pass `axis_name` and the sums are totalled over the devices (`psum`).
+  Under pmap, pass `axis_name` and the sums are totalled over the devices (`psum`). `use_ema` evaluates
+  the moving average of the weights instead of the weights themselves.
   """
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  logits = state.apply_fn(variables, input_pipeline.normalize(batch["image"]), train=False)
+  logits = state.apply_fn(state.variables(use_ema), input_pipeline.normalize(batch["image"]), train=False)
   mask = batch["mask"]
   sums = {
       "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -285,6 +320,24 @@ def _divergence_message(what: str, step: int, last_good_step: int | None, direct
           "try a lower learning_rate")
 
 
+def _calibrate(run: engine.Engine, state: TrainState, splits: dict[str, Any], workdir: str, step: int
+               ) -> dict[str, float]:
+  """Fits the temperature of the run's model at `step` on validation and stores it with the run
+  (calibration.py); returns the test split's calibration error before and after, for the record."""
+  weights = "ema" if run.uses_ema else "raw"
+  variables = jax.device_get(run.logical(state).variables(run.uses_ema))
+  model = trained_run.TrainedRun(workdir, run.config, models.create_model(run.config.model), variables,
+                                 step, weights)
+  batch_size = run.config.eval_batch_size
+  test = model.split_logits(splits["test"], batch_size) if "test" in splits else None
+  entry = calibration.calibrate(workdir, weights, step, model.split_logits(splits["validation"], batch_size),
+                                test)
+  record = {"temperature": entry["temperature"]}
+  if test is not None:
+    record.update(test_ece=entry["test_ece_before"], test_ece_calibrated=entry["test_ece_after"])
+  return record
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir` and returns its final record.
 
@@ -363,11 +416,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if name in splits and (name == "validation" or config.eval_test_during_training
                              or step == total_steps):
         prefix = "val" if name == "validation" else name
-        record.update({f"{prefix}_{k}": v for k, v in run.evaluate(state, splits[name]).items()})
+        # The run's model (the moving average when there is one) gets the plain names; raw_ otherwise.
+        record.update({f"{prefix}_{k}": v for k, v in
+                       run.evaluate(state, splits[name], use_ema=run.uses_ema).items()})
+        if run.uses_ema:
+          record.update({f"raw_{prefix}_{k}": v for k, v in run.evaluate(state, splits[name]).items()
+                         if k != "count"})
     save(state, record.get("val_accuracy"))
     if step == total_steps:
       record["params_sha256"] = fingerprint.params_sha256(run.logical(state).params)
     record["elapsed_s"] = elapsed()
+    if step == total_steps and is_chief and "validation" in splits:
+      record.update(_calibrate(run, state, splits, workdir, step))
     logging.info("step %d  %s", step, "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     progress.exclude(time.perf_counter() - eval_start)

@@ -1,5 +1,6 @@
-"""A training run loaded for inference: its config, its network, and one checkpoint's parameters and
-batch statistics, without the optimizer state.
+"""A training run loaded for inference: its config, its network, one checkpoint's parameters and batch
+statistics (the moving average of them when the run kept one), without the optimizer state, and the
+temperature that calibrates its probabilities (alexnet_jax/calibration.py).
 
 Evaluation, prediction and export all start here, so that none of them needs to rebuild an optimizer
 only to restore a whole TrainState and throw most of it away.
@@ -15,19 +16,29 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
 
-from alexnet_jax import checkpointing, input_pipeline, models
+from alexnet_jax import calibration, checkpointing, input_pipeline, models
+
+WEIGHTS_CHOICES = ("auto", "raw", "ema")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
-  """`variables` is what `model.apply` takes: {"params": ..., "batch_stats": ...} ({} without BN)."""
+  """`variables` is what `model.apply` takes: {"params": ..., "batch_stats": ...} ({} without BN).
+
+  `weights` says which: "raw" or "ema" (their moving average). `temperature` divides the logits before
+  the softmax (None: no calibration is stored for this checkpoint; probabilities are then the raw ones).
+  """
 
   workdir: str
   config: ml_collections.ConfigDict
   model: models.AlexNet
   variables: dict[str, Any]
   step: int
+  weights: str = "raw"
+  temperature: float | None = None
 
   def logits_fn(self):
     """A jitted function: uint8 images, or float in [0, 255], (N, 28, 28, 1) -> logits (N, classes);
@@ -37,10 +48,19 @@ class TrainedRun:
     # The weights go in as arguments: closed over, they would be compiled into the program as constants.
     return lambda images: apply(self.variables, images)
 
-  def probabilities_fn(self):
-    """A jitted function: uint8 images (N, 28, 28, 1) -> softmax probabilities (N, classes)."""
+  def probabilities_fn(self, calibrated: bool = True):
+    """A jitted function: uint8 images (N, 28, 28, 1) -> softmax probabilities (N, classes), of the
+    logits divided by the run's temperature where one is stored (unless `calibrated=False`)."""
     logits = self.logits_fn()
-    return lambda images: jax.nn.softmax(logits(images))
+    temperature = self.temperature if calibrated and self.temperature is not None else 1.0
+    return lambda images: jax.nn.softmax(logits(images) / temperature)
+
+  def split_logits(self, split: input_pipeline.Split, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every real (unmasked) example of a split."""
+    logits = self.logits_fn()
+    outputs = [logits(batch["image"]) for batch in input_pipeline.eval_batches(split, batch_size)]
+    keep = np.asarray(split.mask) > 0
+    return np.concatenate(jax.device_get(outputs))[keep], np.asarray(split.labels)[keep]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -52,19 +72,42 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load(workdir: str, which: str = "best") -> TrainedRun:
-  """The run in `workdir` at checkpoint `which` (best | latest | a step number)."""
+def resolve_weights(config: ml_collections.ConfigDict, weights: str) -> str:
+  """auto -> the run's model: "ema" if it kept a moving average (config.ema_decay > 0), else "raw"."""
+  has_ema = bool(config.get("ema_decay", 0.0))
+  if weights not in WEIGHTS_CHOICES:
+    raise checkpointing.CheckpointError(
+        f"--weights={weights!r}: expected one of {', '.join(WEIGHTS_CHOICES)}")
+  if weights == "ema" and not has_ema:
+    raise checkpointing.CheckpointError("--weights=ema: this run kept no moving average (ema_decay 0)")
+  if weights == "auto":
+    return "ema" if has_ema else "raw"
+  return weights
+
+
+def load(workdir: str, which: str = "best", weights: str = "auto") -> TrainedRun:
+  """The run in `workdir` at checkpoint `which` (best | latest | a step number), its `weights` (auto |
+  raw | ema), with the temperature stored for them (see alexnet_jax/calibration.py)."""
   config = load_config(workdir)
+  weights = resolve_weights(config, weights)
   model = models.create_model(config.model)
   # Shapes and dtypes only: nothing is initialised or compiled to learn what to restore.
   shapes = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(0)},
       jnp.zeros((1, *models.INPUT_SHAPE), jnp.float32), train=False))
   target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+  if weights == "ema":  # TrainState.ema holds the same tree
+    target = {"ema": target}
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     step = checkpointing.resolve_step(checkpointer, which)
     variables = checkpointer.restore_subtree(step, target)
   finally:
     checkpointer.close()
-  return TrainedRun(os.path.abspath(workdir), config, model, variables, step)
+  if weights == "ema":
+    variables = variables["ema"]
+  temperature = calibration.stored_temperature(workdir, weights, step)
+  if temperature is None:
+    logging.warning("%s: no temperature stored for the %s weights at step %d: probabilities uncalibrated "
+                    "(python -m alexnet_jax.evaluate fits one)", workdir, weights, step)
+  return TrainedRun(os.path.abspath(workdir), config, model, variables, step, weights, temperature)

@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.05  # decoupled (times the learning rate) for adamw; L2 for sgd (the paper: 5e-4)
   config.label_smoothing = 0.1
   config.grad_clip_norm = 0.0  # 0: no clipping
+  # Polyak averaging: > 0 keeps a moving average of the weights (decay per step) beside them, and the
+  # average is the run's model (evaluated, checkpointed, used by evaluate/predict/export); 0: off.
+  config.ema_decay = 0.0
 
   # Loop, evaluation, checkpoints, logging.
   config.parallelism = "jit"  # jit: one step over a Mesh of every device | pmap: the classic form

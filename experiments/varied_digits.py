@@ -88,7 +88,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   del argv
   written = write_images(FLAGS.out, FLAGS.count, FLAGS.mnist_dir)
-  predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint)
+  predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   records = predict.predict_files(predictor, [path for path, _, _ in written])
   errors = [r for r in records if "error" in r]
   predicted = {r["file"]: r["prediction"] for r in records if "error" not in r}

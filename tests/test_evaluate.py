@@ -17,10 +17,13 @@ def test_report_files_and_accuracy_equal_to_training(finished_run):
   logged = metric_logging.read_metrics(str(finished_run))[-1]
   assert metrics["count"] == 10000 == logged["test_count"]
   assert metrics["accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-9)
-  assert metrics["loss"] == pytest.approx(logged["test_loss"], rel=1e-4)
+  assert metrics["loss_uncalibrated"] == pytest.approx(logged["test_loss"], rel=1e-4)
+  # Calibration changes no prediction; it lowers the loss (T was fitted on validation, not on test).
+  assert metrics["temperature"] == pytest.approx(logged["temperature"], rel=1e-12)
+  assert metrics["expected_calibration_error_uncalibrated"] == pytest.approx(logged["test_ece"], abs=1e-9)
   report = finished_run / "report"
   for name in ("metrics.json", "confusion_matrix.png", "per_class.png", "learning_curves.png",
-               "misclassified.png", "report.md"):
+               "misclassified.png", "reliability.png", "report.md"):
     assert (report / name).stat().st_size > 0, name
   saved = json.loads((report / "metrics.json").read_text())
   assert sum(map(sum, saved["confusion_matrix"])) == 10000

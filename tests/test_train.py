@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, config_checks, metric_logging, models, optimizers, train
+from alexnet_jax import checkpointing, config_checks, metric_logging, models, optimizers, train, trained_run
 from configs import smoke
 from tests.conftest import saved_steps, tensorboard_steps
 
@@ -63,6 +63,38 @@ def test_step_rng_is_folded_with_the_step_number():
   later = state.replace(step=state.step + 1)
   c, _ = step(later, batch, jax.random.key(7), options=options)
   assert not _same(a.params, c.params)
+
+
+def test_ema_is_the_moving_average_of_the_weights_and_leaves_them_alone():
+  """Each step: ema <- d * ema + (1 - d) * new weights, d = min(decay, (1 + s) / (10 + s)) at step s; the
+  raw weights follow exactly the trajectory of a run without the average."""
+  model = models.create_model(smoke.get_config().model)
+  tx = optimizers.create_optimizer(smoke.get_config(), 100)
+  plain = train.create_train_state(model, tx, jax.random.key(0))
+  averaged = train.create_train_state(model, tx, jax.random.key(0), ema=True)
+  assert _same(averaged.ema["params"], plain.params)
+  batch = {k: v for k, v in _fixed_batch().items() if k != "mask"}
+  decay = 0.5
+  step = jax.jit(train.train_step, static_argnames="options")
+  expected = jax.tree.map(lambda x: np.asarray(x, np.float64), plain.params)
+  for s in range(3):
+    plain, _ = step(plain, batch, jax.random.key(1), options=train.StepOptions())
+    averaged, _ = step(averaged, batch, jax.random.key(1), options=train.StepOptions(ema_decay=decay))
+    d = min(decay, (1 + s) / (10 + s))
+    expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * np.asarray(p, np.float64), expected,
+                            plain.params)
+  assert _same(averaged.params, plain.params)
+  # float32 arithmetic, 3 updates of 2 products and a sum: a few units in the last place of the weights.
+  for got, want in zip(jax.tree.leaves(averaged.ema["params"]), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6,
+                               atol=1e-6 * np.abs(want).max())
+  assert not _same(averaged.ema["params"], averaged.params)
+
+
+def test_ema_decay_ramps_up_to_its_setting():
+  steps = jnp.array([0, 10, 10000, 100000])
+  np.testing.assert_allclose(train.ema_decay_at(steps, 0.999),
+                             [0.1, 11 / 20, 0.999, 0.999], rtol=1e-6)
 
 
 def test_eval_step_ignores_masked_examples():
@@ -172,6 +204,28 @@ def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, syntheti
   assert [r["step"] for r in metric_logging.read_metrics(str(tmp_path)) if "train_loss" in r] == [2, 4, 6, 8]
   events = tensorboard_steps(tmp_path)
   assert events["train_loss"] == [2, 4, 6, 8] and events["val_accuracy"] == [4, 8]
+
+
+def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp_path):
+  """With ema_decay > 0 the plain metric names are the moving average's, raw_ ones the weights'; the best
+  checkpoint is ranked by the average; trained_run loads it by default and calibration is stored for it."""
+  synthetic_config.ema_decay = 0.9
+  final = train.train_and_evaluate(synthetic_config, str(tmp_path))
+  assert {"val_accuracy", "raw_val_accuracy", "test_accuracy", "raw_test_accuracy"} <= set(final)
+  assert final["val_count"] == 5000 and final["test_count"] == 10000
+  assert final["test_ece_calibrated"] <= final["test_ece"] + 0.01
+  run = trained_run.load(str(tmp_path), "latest")
+  raw = trained_run.load(str(tmp_path), "latest", weights="raw")
+  assert run.weights == "ema" and raw.weights == "raw"
+  assert not _same(run.variables["params"], raw.variables["params"])
+  assert run.temperature == final["temperature"] and raw.temperature is None
+  assert trained_run.load(str(tmp_path), "best").step in (4, 8)
+
+
+def test_weights_that_a_run_does_not_have_are_refused(synthetic_run):
+  workdir, _ = synthetic_run
+  with pytest.raises(checkpointing.CheckpointError, match="--weights=ema: this run kept no moving average"):
+    trained_run.load(str(workdir), "latest", weights="ema")
 
 
 @pytest.mark.slow  # a whole extra run

@@ -1,0 +1,98 @@
+"""Temperature scaling (Guo et al., 2017): calibrated probabilities softmax(logits / T) from one scalar T.
+
+Label smoothing trains the network to put 0.9 on the answer, so its raw probabilities are under-confident:
+a clean, correctly read digit gets about 0.85. Dividing the logits by a temperature T < 1 fixes that
+without changing any prediction (the argmax is the same for every T > 0), so accuracy is unchanged.
+
+T is fit on the validation split after training, minimising its negative log-likelihood, and stored with
+the run in DIR/calibration.json, one entry per checkpoint and weights ("ema@4296"): `evaluate`, `predict`,
+`serve` and `export` apply the entry of the checkpoint they load. The test split is only reported on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+
+from alexnet_jax import classification_metrics
+
+CALIBRATION_FILE = "calibration.json"
+# T outside this range means broken logits, not a calibration: the fit stops at the bounds.
+TEMPERATURE_BOUNDS = (0.02, 50.0)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  """softmax(logits / T) in float64 (the host-side reports' precision)."""
+  return scipy.special.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+  scaled = np.asarray(logits, np.float64) / temperature
+  log_probabilities = scaled - scipy.special.logsumexp(scaled, axis=-1, keepdims=True)
+  return float(-np.mean(log_probabilities[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The T minimising the mean negative log-likelihood of softmax(logits / T).
+
+  The NLL is convex in 1/T (a log-sum-exp of linear functions minus a linear one), so it has one
+  minimum; scipy's bounded Brent search on log T finds it to 1e-7 relative.
+  """
+  result = scipy.optimize.minimize_scalar(
+      lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)),
+      bounds=tuple(math.log(b) for b in TEMPERATURE_BOUNDS), method="bounded", options={"xatol": 1e-7})
+  return float(math.exp(result.x))
+
+
+def summary(logits: np.ndarray, labels: np.ndarray, temperature: float, prefix: str) -> dict[str, float]:
+  """NLL and ECE of a split before and after dividing its logits by `temperature`."""
+  ece = classification_metrics.expected_calibration_error
+  return {f"{prefix}_nll_before": negative_log_likelihood(logits, labels),
+          f"{prefix}_nll_after": negative_log_likelihood(logits, labels, temperature),
+          f"{prefix}_ece_before": ece(softmax(logits), labels),
+          f"{prefix}_ece_after": ece(softmax(logits, temperature), labels)}
+
+
+def entry_key(weights: str, step: int) -> str:
+  return f"{weights}@{step}"
+
+
+def read_entries(workdir: str) -> dict[str, dict[str, Any]]:
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):  # A damaged file costs a refit, not the run.
+    return {}
+
+
+def stored_temperature(workdir: str, weights: str, step: int) -> float | None:
+  entry = read_entries(workdir).get(entry_key(weights, step))
+  return None if entry is None else float(entry["temperature"])
+
+
+def calibrate(workdir: str, weights: str, step: int, validation: tuple[np.ndarray, np.ndarray],
+              test: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+  """Fits T on the validation (logits, labels), stores it for (weights, step) in DIR/calibration.json
+  beside the other checkpoints' entries, and returns the entry (with the test split's figures if given,
+  for the report only)."""
+  temperature = fit_temperature(*validation)
+  entry = {"temperature": temperature, "weights": weights, "checkpoint_step": step,
+           "fit_on": "validation", **summary(*validation, temperature, "val")}
+  if test is not None:
+    entry.update(summary(*test, temperature, "test"))
+  entries = read_entries(workdir)
+  entries[entry_key(weights, step)] = entry
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  with open(path + ".tmp", "w") as f:  # renamed into place: a crash never leaves half a file
+    json.dump(entries, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+  return entry
