@@ -1,7 +1,13 @@
-"""Random affine augmentation (translation, rotation, scale), computed on device inside the train step.
+"""Random affine augmentation (translation, rotation, scale), optionally followed by elastic distortion,
+computed on device inside the train step.
 
 Each image gets its own transform drawn from the step's rng, so a run is deterministic given its seed
-and independent of host threads. Pixels are resampled bilinearly; what falls outside is background (0).
+and independent of host threads. Pixels are resampled bilinearly, once for both transforms; what falls
+outside is background (0).
+
+Elastic distortion is Simard, Steinkraus and Platt (2003), section 2: a displacement field of uniform
+noise in [-1, 1] per pixel and direction, smoothed by a Gaussian of width `sigma` (pixels) and scaled by
+`alpha`, moves every pixel a little and neighbours alike: the strokes bend as a hand would bend them.
 """
 
 from __future__ import annotations
@@ -29,16 +35,45 @@ def _sample_coordinates(rng: jax.Array, height: int, width: int, *, max_translat
   return jnp.stack([src_rows, src_cols]) + center[:, None, None]
 
 
+def gaussian_kernel(sigma: float) -> jax.Array:
+  """A normalised 1-D Gaussian, truncated at 3 sigma (as scipy.ndimage.gaussian_filter's default 4 sigma
+  would be, to a part in 10^4)."""
+  radius = max(1, int(3 * sigma + 0.5))
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2)
+  return kernel / kernel.sum()
+
+
+def elastic_displacement(rng: jax.Array, height: int, width: int, *, alpha: float, sigma: float
+                         ) -> jax.Array:
+  """A random smooth displacement field (2, H, W) in pixels: uniform noise in [-1, 1], Gaussian-smoothed
+  (separably, zero beyond the border) and scaled by alpha."""
+  noise = jax.random.uniform(rng, (2, height, width), minval=-1.0, maxval=1.0)
+  kernel = gaussian_kernel(sigma)
+  radius = kernel.shape[0] // 2
+
+  def smooth(v: jax.Array) -> jax.Array:  # "same" size even when the kernel is longer than the image
+    return jnp.convolve(v, kernel, mode="full")[radius:radius + v.shape[0]]
+
+  smooth_rows = jax.vmap(jax.vmap(smooth, in_axes=1, out_axes=1))
+  smooth_cols = jax.vmap(jax.vmap(smooth))
+  return alpha * smooth_cols(smooth_rows(noise))
+
+
 def random_affine(images: jax.Array, rng: jax.Array, *, max_translate: float,
-                  max_rotate_deg: float, max_scale: float) -> jax.Array:
-  """Applies an independent random affine map to every image of an NHWC batch (float pixels)."""
+                  max_rotate_deg: float, max_scale: float, elastic_alpha: float = 0.0,
+                  elastic_sigma: float = 4.0) -> jax.Array:
+  """Applies an independent random affine map (and, with elastic_alpha > 0, elastic distortion) to every
+  image of an NHWC batch (float pixels)."""
   return random_affine_with_keys(images, jax.random.split(rng, images.shape[0]),
                                  max_translate=max_translate, max_rotate_deg=max_rotate_deg,
-                                 max_scale=max_scale)
+                                 max_scale=max_scale, elastic_alpha=elastic_alpha,
+                                 elastic_sigma=elastic_sigma)
 
 
 def random_affine_with_keys(images: jax.Array, keys: jax.Array, *, max_translate: float,
-                            max_rotate_deg: float, max_scale: float) -> jax.Array:
+                            max_rotate_deg: float, max_scale: float, elastic_alpha: float = 0.0,
+                            elastic_sigma: float = 4.0) -> jax.Array:
   """As `random_affine`, with one key per image given: a device can augment its slice of a global
   batch exactly as the whole batch would be augmented in one place."""
   _, height, width, channels = images.shape
@@ -46,6 +81,9 @@ def random_affine_with_keys(images: jax.Array, keys: jax.Array, *, max_translate
   def one(image: jax.Array, key: jax.Array) -> jax.Array:
     coords = _sample_coordinates(key, height, width, max_translate=max_translate,
                                  max_rotate_deg=max_rotate_deg, max_scale=max_scale)
+    if elastic_alpha:  # its own stream: without it, the affine draws stay what they always were
+      coords = coords + elastic_displacement(jax.random.fold_in(key, 1), height, width,
+                                             alpha=elastic_alpha, sigma=elastic_sigma)
     channel_maps = [
         jax.scipy.ndimage.map_coordinates(image[..., c], list(coords), order=1, mode="constant")
         for c in range(channels)

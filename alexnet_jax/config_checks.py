@@ -59,16 +59,15 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   _check_choice(config, "schedule", optimizers.SCHEDULES)
   _check_choice(config, "parallelism", parallel.STRATEGIES)
   for field in ("batch_size", "eval_batch_size", "learning_rate", "model.width_multiplier",
-                "model.num_classes", "log_every_steps", "checkpoint_every_steps"):
+                "model.num_classes", "log_every_steps", "checkpoint_every_steps", "data.elastic_sigma"):
     _check_positive(config, field)
   for field in ("weight_decay", "label_smoothing", "grad_clip_norm", "model.dense_width",
                 "data.validation_size", "data.max_translate", "data.max_rotate", "data.max_scale",
-                "momentum", "warmup_steps"):
+                "data.elastic_alpha", "momentum", "warmup_steps", "ema_decay"):
     _check_positive(config, field, allow_zero=True)
   _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", config.model.dropout_rate,
            "must be in [0, 1)")
-  ema_decay = config.get("ema_decay", 0.0)
-  _require(0.0 <= ema_decay < 1.0, "ema_decay", ema_decay, "must be in [0, 1) (0: no moving average)")
+  _require(config.ema_decay < 1.0, "ema_decay", config.ema_decay, "must be < 1 (0: no moving average)")
   _require(config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "must be < 1")
   _require(config.data.max_scale < 1.0, "data.max_scale", config.data.max_scale, "must be < 1")
   _require(0.0 < config.onecycle_pct_start < 1.0, "onecycle_pct_start", config.onecycle_pct_start,

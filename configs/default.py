@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_translate = 2.0  # pixels
   config.data.max_rotate = 10.0  # degrees
   config.data.max_scale = 0.1  # relative: scale drawn from [1 - s, 1 + s]
+  # Elastic distortion (Simard et al. 2003) after the affine map: displacement alpha x Gaussian(sigma)-
+  # smoothed uniform noise, in pixels. 0: off.
+  config.data.elastic_alpha = 0.0
+  config.data.elastic_sigma = 4.0
 
   # Optimisation.
   config.batch_size = 128  # global, over all devices

@@ -31,6 +31,8 @@ def define_flags() -> None:
   flags.DEFINE_string("root", "runs/sweeps", "Where the sweep's runs and results go (ROOT/SWEEP/).")
   flags.DEFINE_integer("jobs", 1, "Trainings at a time (each uses every core it can: 1 for clean timings).")
   flags.DEFINE_bool("results_only", False, "Do not train: rebuild the results from the finished runs.")
+  flags.DEFINE_list("variants", [], "Train only these variants (default: all); the results table still "
+                    "holds every finished run of the sweep.")
 
 
 REQUIRED = ("BASE_CONFIG", "VARIANTS", "BASELINE", "TARGET_TRAIN_ACCURACY")
@@ -122,9 +124,13 @@ def main(argv: list[str]) -> None:
   extra = runs.split_config_arguments(sys.argv)[0]
   specs = run_specs(sweep, sweep_dir, seeds, extra)
   failed = []
+  unknown = sorted(set(FLAGS.variants) - set(sweep.VARIANTS))
+  if unknown:
+    sys.exit(f"error: --variants: {', '.join(unknown)} not in sweep {name} ({', '.join(sweep.VARIANTS)})")
   if not FLAGS.results_only:
+    chosen = [spec for variant, _, spec in specs if not FLAGS.variants or variant in FLAGS.variants]
     try:
-      codes = runs.RunPool(FLAGS.jobs).run([spec for _, _, spec in specs])
+      codes = runs.RunPool(FLAGS.jobs).run(chosen)
     except KeyboardInterrupt as e:
       sys.exit(f"{e}")
     failed = [run for run, code in codes.items() if code != 0]

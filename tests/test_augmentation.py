@@ -40,3 +40,45 @@ def test_translation_moves_the_centre_of_mass_within_range():
   com_after = jnp.sum(out * rows, (1, 2, 3)) / jnp.sum(out, (1, 2, 3))
   shift = jnp.abs(com_after - com_before)
   assert bool(jnp.all(shift <= 2.0 + 1e-3)) and bool(jnp.any(shift > 0.1))
+
+
+def test_elastic_off_leaves_the_affine_draws_exactly_as_they_were():
+  images = _digit_like_batch()
+  kwargs = {"max_translate": 2.0, "max_rotate_deg": 10.0, "max_scale": 0.1}
+  plain = augmentation.random_affine(images, jax.random.key(0), **kwargs)
+  off = augmentation.random_affine(images, jax.random.key(0), elastic_alpha=0.0, **kwargs)
+  on = augmentation.random_affine(images, jax.random.key(0), elastic_alpha=34.0, **kwargs)
+  assert jnp.array_equal(plain, off)
+  assert not jnp.array_equal(plain, on)
+
+
+def test_elastic_field_is_smooth_and_scales_with_alpha():
+  """Neighbouring pixels move alike (the point of the smoothing); the field is linear in alpha; with
+  sigma 4 and alpha 34 (Simard et al.'s setting) a pixel moves about a pixel or two."""
+  key = jax.random.key(5)
+  field = augmentation.elastic_displacement(key, 28, 28, alpha=34.0, sigma=4.0)
+  double = augmentation.elastic_displacement(key, 28, 28, alpha=68.0, sigma=4.0)
+  np.testing.assert_allclose(double, 2 * field, rtol=1e-5, atol=1e-6)
+  centre = np.asarray(field[:, 6:22, 6:22])
+  neighbour_correlation = np.corrcoef(centre[:, :, :-1].ravel(), centre[:, :, 1:].ravel())[0, 1]
+  assert neighbour_correlation > 0.9
+  assert 0.3 < np.sqrt(np.mean(centre ** 2)) < 3.0
+  raw = jax.random.uniform(jax.random.key(5), (2, 28, 28), minval=-1.0, maxval=1.0)
+  assert abs(np.corrcoef(raw[:, :, :-1].ravel(), raw[:, :, 1:].ravel())[0, 1]) < 0.1
+
+
+def test_gaussian_kernel_is_normalised_and_symmetric():
+  kernel = np.asarray(augmentation.gaussian_kernel(4.0))
+  assert kernel.shape == (25,)
+  np.testing.assert_allclose(kernel.sum(), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(kernel, kernel[::-1])
+  assert kernel.argmax() == 12
+
+
+def test_elastic_distortion_keeps_the_ink_roughly_and_moves_it():
+  images = _digit_like_batch()
+  out = augmentation.random_affine(images, jax.random.key(2), max_translate=0.0, max_rotate_deg=0.0,
+                                   max_scale=0.0, elastic_alpha=34.0, elastic_sigma=4.0)
+  ink_before, ink_after = float(images.sum()), float(out.sum())
+  assert abs(ink_after - ink_before) < 0.5 * ink_before  # stretching changes the area a little
+  assert float(jnp.abs(out - images).sum()) > 0.05 * ink_before
