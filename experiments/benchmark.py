@@ -8,8 +8,12 @@
 2. N seeds of the config, each a full training in ROOT/seed_S (`python -m alexnet_jax.main`; finished runs
    are reused, interrupted ones resumed): mean +- std of test accuracy, training time, steps and time to
    the target accuracy.
-3. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
-   params_sha256 is compared with the first run's: match or mismatch.
+3. The ensemble of the seeds' final checkpoints (alexnet_jax.evaluate over every seed's workdir: mean of
+   their calibrated probabilities) on the test split, beside the per-seed figures; ROOT/ensemble_report/.
+4. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
+   params_sha256 is compared with the first run's: match or mismatch. With --reproducibility_steps=N,
+   instead, the first seed's first N steps trained twice, in two processes (ROOT/reproducibility_N/a, b):
+   the same property (each step is a pure function of the previous state and the seed) for N steps' cost.
 
 Writes ROOT/benchmark.json and ROOT/benchmark.md, both with a description of the hardware and software
 (experiments/environment.py).
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, evaluate
 from experiments import environment, runs, throughput
 
 FLAGS = flags.FLAGS
@@ -44,6 +48,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("throughput", True, "Measure step throughput in this process first.")
   flags.DEFINE_bool("torch", False, "Include the PyTorch reference in the throughput (`bench` extra).")
   flags.DEFINE_integer("throughput_steps", 20, "Timed steps per repeat for the throughput.")
+  flags.DEFINE_integer("reproducibility_steps", -1, "-1: retrain the first seed whole in a second process "
+                       "and compare; N > 0: train its first N steps twice, in two processes, and compare.")
+  flags.DEFINE_bool("ensemble", True, "Evaluate the ensemble of the seeds' final checkpoints.")
 
 
 def _mean_std(values: list[float | None]) -> dict[str, float | int]:
@@ -62,9 +69,22 @@ def reproducibility(first: dict[str, Any], repeat: dict[str, Any]) -> dict[str, 
 
 def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
   rows = list(per_seed.values())
-  return {key: _mean_std([r[key] for r in rows]) for key in (
+  result = {key: _mean_std([r.get(key) for r in rows]) for key in (
       "test_accuracy", "val_accuracy", "train_time_s", "steps_to_target", "time_to_target_s",
-      "train_images_per_s")}
+      "train_images_per_s", "test_ece", "test_ece_calibrated")}
+  for key in ("test_accuracy", "train_time_s"):
+    values = [r[key] for r in rows]
+    result[key].update(min=min(values), max=max(values))
+  return result
+
+
+def ensemble(workdirs: list[str], report_dir: str) -> dict[str, Any]:
+  """The seeds' final checkpoints as one ensemble on the test split (see alexnet_jax/evaluate.py)."""
+  metrics = evaluate.evaluate_runs(workdirs, "latest", "test", with_robustness=False, report_dir=report_dir)
+  return {"members": len(workdirs), "test_accuracy": metrics["accuracy"], "count": metrics["count"],
+          "test_ece": metrics["expected_calibration_error"],
+          "test_ece_uncalibrated": metrics["expected_calibration_error_uncalibrated"],
+          "report_dir": report_dir}
 
 
 def _fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 0) -> str:
@@ -87,20 +107,34 @@ def markdown(result: dict[str, Any]) -> str:
   lines += [f"## Training, seeds {result['seeds']}", "",
             "| quantity | mean +- std |", "|---|---:|",
             f"| test accuracy (%) | {_fmt(agg['test_accuracy'], 100, 2)} |",
+            f"| test accuracy, min / max (%) | {100 * agg['test_accuracy']['min']:.2f} / "
+            f"{100 * agg['test_accuracy']['max']:.2f} |",
+            f"| test calibration error, raw softmax | {_fmt(agg['test_ece'], 1, 4)} |",
+            f"| test calibration error, calibrated | {_fmt(agg['test_ece_calibrated'], 1, 4)} |",
             f"| validation accuracy (%) | {_fmt(agg['val_accuracy'], 100, 2)} |",
-            f"| training time (s) | {_fmt(agg['train_time_s'])} |",
+            f"| training time (s) | {_fmt(agg['train_time_s'])}; max {agg['train_time_s']['max']:.0f} |",
             f"| steps to {target['metric']} >= {target['value']} | {_fmt(agg['steps_to_target'])} |",
             f"| time to {target['metric']} >= {target['value']} (s) | {_fmt(agg['time_to_target_s'])} |",
             f"| training images/s (in the loop) | {_fmt(agg['train_images_per_s'])} |", "",
-            "| seed | test accuracy | steps | training time (s) | params_sha256 |",
-            "|---:|---:|---:|---:|---|"]
+            "| seed | test accuracy | val accuracy | test ECE (calibrated) | steps | training time (s) "
+            "| params_sha256 |", "|---:|---:|---:|---:|---:|---:|---|"]
   for seed, r in result["per_seed"].items():
-    lines.append(f"| {seed} | {100 * r['test_accuracy']:.2f} | {r['steps']} | {r['train_time_s']:.0f} | "
-                 f"`{r['params_sha256'][:16]}` |")
+    ece = "n/a" if r.get("test_ece_calibrated") is None else f"{r['test_ece_calibrated']:.4f}"
+    lines.append(f"| {seed} | {100 * r['test_accuracy']:.2f} | {100 * r['val_accuracy']:.2f} | {ece} | "
+                 f"{r['steps']} | {r['train_time_s']:.0f} | `{r['params_sha256'][:16]}` |")
+  if result.get("ensemble"):
+    e = result["ensemble"]
+    lines += ["", f"## Ensemble of the {e['members']} seeds", "",
+              f"Mean of their calibrated probabilities, final checkpoints: test accuracy "
+              f"**{100 * e['test_accuracy']:.2f}%** over {e['count']:,} images; calibration error "
+              f"{e['test_ece']:.4f} (raw softmax {e['test_ece_uncalibrated']:.4f}). Report: "
+              f"`{e['report_dir']}`.", ""]
   repro = result["reproducibility"]
+  what = (f"Seed {result['seeds'][0]} trained twice in separate processes" if not repro.get("steps") else
+          f"The first {repro['steps']} steps of seed {result['seeds'][0]} trained twice in separate "
+          "processes")
   lines += ["", f"## Reproducibility: **{repro['result']}**", "",
-            f"Seed {result['seeds'][0]} trained twice in separate processes: params_sha256 "
-            f"`{repro['first']}` and `{repro['repeat']}`.", ""]
+            f"{what}: params_sha256 `{repro['first']}` and `{repro['repeat']}`.", ""]
   return "\n".join(lines)
 
 
@@ -125,7 +159,16 @@ def main(argv: list[str]) -> None:
     return runs.RunSpec(name, os.path.join(root, name), config_file,
                         (*overrides, f"--config.seed={seed}"))
 
-  specs = [spec(f"seed_{s}", s) for s in seeds] + [spec(f"repeat_seed_{seeds[0]}", seeds[0])]
+  specs = [spec(f"seed_{s}", s) for s in seeds]
+  if FLAGS.reproducibility_steps > 0:
+    steps = FLAGS.reproducibility_steps
+    repeats = [runs.RunSpec(f"reproducibility_{steps}/{name}", os.path.join(root, f"reproducibility_{steps}",
+                                                                             name), config_file,
+                            (*overrides, f"--config.seed={seeds[0]}", f"--config.num_train_steps={steps}"))
+               for name in ("a", "b")]
+  else:
+    repeats = [specs[0], spec(f"repeat_seed_{seeds[0]}", seeds[0])]
+  specs += repeats[1:] if repeats[0] is specs[0] else repeats
   try:
     codes = runs.RunPool(FLAGS.jobs).run(specs)
   except KeyboardInterrupt as e:
@@ -138,8 +181,12 @@ def main(argv: list[str]) -> None:
   result["seeds"] = seeds
   result["per_seed"] = {seed: summaries[f"seed_{seed}"] for seed in seeds}
   result["aggregate"] = aggregate(result["per_seed"])
-  result["reproducibility"] = reproducibility(summaries[f"seed_{seeds[0]}"],
-                                              summaries[f"repeat_seed_{seeds[0]}"])
+  result["reproducibility"] = reproducibility(summaries[repeats[0].name], summaries[repeats[1].name])
+  if FLAGS.reproducibility_steps > 0:
+    result["reproducibility"]["steps"] = FLAGS.reproducibility_steps
+  if FLAGS.ensemble and len(seeds) > 1:
+    result["ensemble"] = ensemble([os.path.join(root, f"seed_{s}") for s in seeds],
+                                  os.path.join(root, "ensemble_report"))
   with open(os.path.join(root, "benchmark.json"), "w") as f:
     json.dump(result, f, indent=2)
   page = markdown(result)

@@ -143,4 +143,8 @@ def summarize_run(workdir: str, target: float, target_metric: str = "train_accur
       # With a moving average of the weights the plain figures are the average's; these the weights'.
       "raw_test_accuracy": final.get("raw_test_accuracy"),
       "raw_val_accuracy": final.get("raw_val_accuracy"),
+      # Calibration (alexnet_jax/calibration.py): the temperature fitted on validation, test ECE both ways.
+      "temperature": final.get("temperature"),
+      "test_ece": final.get("test_ece"),
+      "test_ece_calibrated": final.get("test_ece_calibrated"),
   }

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import metric_logging
+from alexnet_jax import calibration, input_pipeline, metric_logging, trained_run
 from experiments import benchmark, environment
 from tests.conftest import REPO_ROOT
 
@@ -41,6 +41,36 @@ def test_benchmark_seeds_aggregate_and_reproducibility(tmp_path, mnist_data_dir)
   assert result["environment"]["versions"]["jax"] and result["environment"]["cpu_model"]
   page = (root / "benchmark.md").read_text()
   assert "## Reproducibility: **match**" in page and "Software: Python" in page
+  # The ensemble: the mean of the two runs' calibrated probabilities, computed here independently.
+  members = [trained_run.load(str(root / f"seed_{seed}"), "latest") for seed in (0, 1)]
+  assert all(m.temperature == finals[s]["temperature"] for s, m in enumerate(members))
+  test = input_pipeline.load_mnist(members[0].config.data, 500)["test"]
+  mean = np.mean([calibration.softmax(m.split_logits(test, 500)[0], m.temperature) for m in members], 0)
+  labels = np.asarray(test.labels)[np.asarray(test.mask) > 0]
+  assert result["ensemble"]["count"] == 10000
+  assert result["ensemble"]["test_accuracy"] == np.mean(mean.argmax(1) == labels)
+  assert (root / "ensemble_report" / "report.md").exists() and "## Ensemble of the 2 seeds" in page
+  for seed in (0, 1):
+    assert result["per_seed"][str(seed)]["test_ece_calibrated"] == finals[seed]["test_ece_calibrated"]
+
+
+def test_benchmark_short_reproducibility_check(tmp_path, mnist_data_dir):
+  """--reproducibility_steps=N: the first N steps of the first seed, twice, in two processes."""
+  root = tmp_path / "bench"
+  completed = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--config", "configs/smoke.py", "--seeds", "1",
+       "--jobs", "2", "--root", str(root), "--nothroughput", "--reproducibility_steps", "6",
+       f"--config.data.data_dir={mnist_data_dir}", "--config.num_train_steps=12",
+       "--config.eval_every_steps=6", "--config.checkpoint_every_steps=6"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+  result = json.loads((root / "benchmark.json").read_text())
+  a, b = (metric_logging.read_metrics(str(root / "reproducibility_6" / n))[-1] for n in ("a", "b"))
+  assert a["step"] == b["step"] == 6
+  assert result["reproducibility"] == {"result": "match", "first": a["params_sha256"],
+                                       "repeat": b["params_sha256"], "steps": 6}
+  assert "ensemble" not in result and not (root / "repeat_seed_0").exists()
+  assert "The first 6 steps of seed 0 trained twice" in (root / "benchmark.md").read_text()
 
 
 def test_reproducibility_reports_a_mismatch():

@@ -1,10 +1,21 @@
 """The evaluation report of a tiny run: files, counts, and the accuracy training logged."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, evaluate, metric_logging, train, trained_run
+from alexnet_jax import (
+    calibration,
+    checkpointing,
+    classification_metrics,
+    evaluate,
+    input_pipeline,
+    metric_logging,
+    train,
+    trained_run,
+)
 
 
 @pytest.fixture
@@ -67,3 +78,40 @@ def test_hard_cases_and_robustness_of_a_trained_run(trained_run):
   for name in ("robustness.png", "confused_pairs.png", "learning_curves.png"):
     assert (report / name).stat().st_size > 0
   assert "## Robustness" in (report / "report.md").read_text()
+
+
+def test_a_run_without_a_stored_temperature_gets_one_fitted_on_validation(synthetic_run, synthetic_mnist,
+                                                                          tmp_path):
+  """The temperature evaluate fits is the one training stored (same logits, same fit), and is stored."""
+  del synthetic_mnist
+  source, final = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  (tmp_path / calibration.CALIBRATION_FILE).unlink()
+  assert trained_run.load(str(tmp_path), "latest").temperature is None
+  metrics = evaluate.evaluate_run(str(tmp_path), "latest", "test", with_robustness=False)
+  assert metrics["temperature"] == pytest.approx(final["temperature"], rel=1e-9)
+  assert trained_run.load(str(tmp_path), "latest").temperature == metrics["temperature"]
+  assert metrics["expected_calibration_error"] == pytest.approx(final["test_ece_calibrated"], abs=1e-9)
+
+
+def test_ensemble_is_the_mean_of_calibrated_probabilities(synthetic_run, synthetic_config, tmp_path):
+  first, _ = synthetic_run
+  synthetic_config.seed = 1
+  train.train_and_evaluate(synthetic_config, str(tmp_path / "second"))
+  workdirs = [str(first), str(tmp_path / "second")]
+  metrics = evaluate.evaluate_runs(workdirs, "latest", "test", with_robustness=False,
+                                   report_dir=str(tmp_path / "ensemble"))
+  members = [trained_run.load(w, "latest") for w in workdirs]
+  test = input_pipeline.load_mnist(members[0].config.data, members[0].config.eval_batch_size)["test"]
+  outputs = [m.split_logits(test, m.config.eval_batch_size) for m in members]
+  mean = np.mean([calibration.softmax(logits, m.temperature) for m, (logits, _) in
+                  zip(members, outputs, strict=True)], axis=0)
+  labels = outputs[0][1]
+  assert metrics["count"] == 10000
+  assert metrics["accuracy"] == np.mean(mean.argmax(1) == labels)
+  assert [m["accuracy"] for m in metrics["ensemble"]] == [np.mean(o[0].argmax(1) == labels) for o in outputs]
+  assert metrics["expected_calibration_error"] == pytest.approx(
+      classification_metrics.expected_calibration_error(mean, labels), abs=1e-12)
+  report = tmp_path / "ensemble"
+  assert "ensemble of 2 runs" in (report / "report.md").read_text()
+  assert (report / "reliability.png").stat().st_size > 0 and not (report / "learning_curves.png").exists()

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, export, input_pipeline, models
+from alexnet_jax import calibration, checkpointing, export, input_pipeline, models
 from alexnet_jax.trained_run import load as load_trained_run
 from tests.conftest import REPO_ROOT
 
@@ -61,6 +61,18 @@ def test_both_formats_compute_what_the_model_computes(knobs):
   for got in (_onnx_probabilities(export.to_onnx(model, variables), images),
               _stablehlo_probabilities(export.to_stablehlo(model, variables), images)):
     assert got.shape == (5, 10)
+    np.testing.assert_allclose(got, expected, atol=PROBABILITY_ATOL, rtol=0)
+
+
+def test_both_formats_apply_the_calibration_temperature():
+  model, variables = _random_network(*KNOBS[0])
+  images = np.random.default_rng(0).integers(0, 256, (5, *models.INPUT_SHAPE)).astype(np.float32)
+  logits = np.asarray(export.float32_model(model).apply(
+      variables, input_pipeline.normalize(jnp.asarray(images)), train=False), np.float64)
+  expected = calibration.softmax(logits, 0.25)
+  assert not np.allclose(expected, calibration.softmax(logits), atol=1e-3)
+  for got in (_onnx_probabilities(export.to_onnx(model, variables, 0.25), images),
+              _stablehlo_probabilities(export.to_stablehlo(model, variables, 0.25), images)):
     np.testing.assert_allclose(got, expected, atol=PROBABILITY_ATOL, rtol=0)
 
 
