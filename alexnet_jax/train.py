@@ -47,18 +47,30 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class TrainState(train_state.TrainState):
-  """params, opt_state and step from Flax's TrainState, plus batch-norm statistics ({} if none) and the
-  exponential moving average of both ({} unless config.ema_decay > 0)."""
+  """params, opt_state and step from Flax's TrainState, plus batch-norm statistics ({} if none)."""
 
   batch_stats: Any = flax.struct.field(default_factory=dict)
+
+  def variables(self, use_ema: bool = False) -> dict[str, Any]:
+    """The model's variables, what `model.apply` takes."""
+    if use_ema:
+      raise ValueError("this state keeps no moving average of its weights (config.ema_decay is 0)")
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+class EmaTrainState(TrainState):
+  """A TrainState that also keeps the exponential moving average of its variables (config.ema_decay > 0).
+
+  A class of its own rather than an always-present field: checkpoints of runs without the average keep
+  exactly the tree they always had, so runs saved before it existed still resume.
+  """
+
   # {"params": ..., "batch_stats": ...}: what `model.apply` takes, averaged over the steps (Polyak).
   ema: Any = flax.struct.field(default_factory=dict)
 
   def variables(self, use_ema: bool = False) -> dict[str, Any]:
-    """The model's variables: the raw weights, or their moving average."""
-    if use_ema:
-      return self.ema
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    """The model's variables: the raw weights, or (use_ema) their moving average."""
+    return self.ema if use_ema else super().variables()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,8 +114,9 @@ def create_train_state(model: models.AlexNet, optimizer: optax.GradientTransform
   """A fresh state; with `ema`, the moving average starts at the initial weights."""
   dummy = jnp.zeros((1, *models.INPUT_SHAPE), jnp.float32)
   variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
-                            batch_stats=variables.get("batch_stats", {}))
+  state_class = EmaTrainState if ema else TrainState
+  state = state_class.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
+                             batch_stats=variables.get("batch_stats", {}))
   return state.replace(ema=jax.tree.map(jnp.copy, state.variables())) if ema else state
 
 
@@ -118,7 +131,7 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def update_ema(state: TrainState, previous_step: jax.Array, decay: float) -> TrainState:
+def update_ema(state: EmaTrainState, previous_step: jax.Array, decay: float) -> EmaTrainState:
   """The moving average moved towards the state's (new) variables."""
   weight_of_new = 1.0 - ema_decay_at(previous_step, decay)
   return state.replace(ema=optax.incremental_update(state.variables(), state.ema, weight_of_new))

@@ -220,6 +220,11 @@ def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp
   assert not _same(run.variables["params"], raw.variables["params"])
   assert run.temperature == final["temperature"] and raw.temperature is None
   assert trained_run.load(str(tmp_path), "best").step in (4, 8)
+  # Resumed from step 4, the average continues where it was: the same weights, the same average.
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  resumed = train.train_and_evaluate(synthetic_config, str(tmp_path))
+  assert resumed["params_sha256"] == final["params_sha256"]
+  assert resumed["val_accuracy"] == final["val_accuracy"] and resumed["val_loss"] == final["val_loss"]
 
 
 def test_weights_that_a_run_does_not_have_are_refused(synthetic_run):
