@@ -483,5 +483,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   logging.info("finished: test accuracy %.4f over %d images in %.0f s of training",
                final_record["test_accuracy"], final_record["test_count"], final_record["elapsed_s"])
+  if "test_ece_calibrated" in final_record:
+    logging.info("calibration: temperature %.4f (fitted on validation); test calibration error %.4f -> "
+                 "%.4f", final_record["temperature"], final_record["test_ece"],
+                 final_record["test_ece_calibrated"])
   print(f"params_sha256 {final_record['params_sha256']}", flush=True)
   return final_record

@@ -94,6 +94,7 @@ def test_a_run_without_a_stored_temperature_gets_one_fitted_on_validation(synthe
   assert metrics["expected_calibration_error"] == pytest.approx(final["test_ece_calibrated"], abs=1e-9)
 
 
+@pytest.mark.slow  # a whole extra run
 def test_ensemble_is_the_mean_of_calibrated_probabilities(synthetic_run, synthetic_config, tmp_path):
   first, _ = synthetic_run
   synthetic_config.seed = 1

@@ -206,6 +206,7 @@ def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, syntheti
   assert events["train_loss"] == [2, 4, 6, 8] and events["val_accuracy"] == [4, 8]
 
 
+@pytest.mark.slow  # a whole extra run
 def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp_path):
   """With ema_decay > 0 the plain metric names are the moving average's, raw_ ones the weights'; the best
   checkpoint is ranked by the average; trained_run loads it by default and calibration is stored for it."""
