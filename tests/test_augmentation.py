@@ -82,3 +82,20 @@ def test_elastic_distortion_keeps_the_ink_roughly_and_moves_it():
   ink_before, ink_after = float(images.sum()), float(out.sum())
   assert abs(ink_after - ink_before) < 0.5 * ink_before  # stretching changes the area a little
   assert float(jnp.abs(out - images).sum()) > 0.05 * ink_before
+
+
+def test_smoothing_matrix_is_the_zero_padded_convolution():
+  """The matrix form against numpy's convolution of each row and column (float64 reference)."""
+  field = np.random.default_rng(0).uniform(-1, 1, (28, 28))
+  kernel = np.asarray(augmentation.gaussian_kernel(4.0), np.float64)
+  radius = len(kernel) // 2
+
+  def smooth(v):
+    return np.convolve(v, kernel, mode="full")[radius:radius + len(v)]
+
+  expected = np.apply_along_axis(smooth, 1, np.apply_along_axis(smooth, 0, field))
+  matrix = np.asarray(augmentation.smoothing_matrix(28, 4.0), np.float64)
+  np.testing.assert_allclose(matrix @ field @ matrix.T, expected, atol=1e-6)
+  # sigma 6: the kernel (37 taps) is longer than the image
+  wide = np.asarray(augmentation.smoothing_matrix(28, 6.0))
+  assert wide.shape == (28, 28) and np.all(wide[0, :19] > 0) and wide[0, 19] == 0
