@@ -1,20 +1,27 @@
-"""The recipe at the default budget (2.7 epochs) and beyond it: what buys accuracy on validation.
+"""The recipe: what buys accuracy on validation within the 30-minute CPU budget, and beyond it.
 
-Every run keeps a moving average of its weights (`ema_decay` 0.999): the table's plain figures are the
-average's, the raw-weights columns the same runs without it, so EMA is compared on identical trajectories.
-Choices are made on the validation split (5,000 images held out of the training split); the test split
-is reported, never chosen on.
+`before` is the default recipe as it stood before this sweep (2.7 epochs, no weight averaging): the
+baseline. Each variant spells out its epochs and `ema_decay`, so the sweep means the same whatever
+configs/default.py later becomes. Runs with a moving average of their weights (`ema_decay` 0.999) report
+the average in the plain columns and the raw weights beside it: EMA is compared on identical trajectories.
+Choices are made on the validation split (5,000 images held out of the training split); the test split is
+reported, never chosen on. Results and the commands: docs/recipe.md.
 """
 
 BASE_CONFIG = "configs/default.py"
-BASELINE = "baseline"
+BASELINE = "before"
 TARGET_TRAIN_ACCURACY = 0.99
-_EMA = {"ema_decay": 0.999}
+_ELASTIC = {"data.elastic_alpha": 34.0, "data.elastic_sigma": 4.0}  # Simard et al. 2003's setting
+_EIGHT = {"num_epochs": 8, "ema_decay": 0.999}
 VARIANTS = {
-    "baseline": _EMA,
-    "elastic": {**_EMA, "data.elastic_alpha": 34.0, "data.elastic_sigma": 4.0},
-    "no_label_smoothing": {**_EMA, "label_smoothing": 0.0},
-    "lr_4e-3": {**_EMA, "learning_rate": 4e-3},
-    "epochs_8": {**_EMA, "num_epochs": 8},
-    "epochs_8_elastic": {**_EMA, "num_epochs": 8, "data.elastic_alpha": 34.0, "data.elastic_sigma": 4.0},
+    "before": {"num_epochs": 2.7, "ema_decay": 0.0},
+    "epochs_8": _EIGHT,  # the default since
+    "epochs_8_elastic": {**_EIGHT, **_ELASTIC},
+    # Not run yet (each 8-epoch run is ~21 minutes on the 2-core CPU):
+    "epochs_8_lr_4e-3": {**_EIGHT, "learning_rate": 4e-3},
+    "epochs_8_no_label_smoothing": {**_EIGHT, "label_smoothing": 0.0},
+    "epochs_8_dropout_0.25": {**_EIGHT, "model.dropout_rate": 0.25},
+    "epochs_8_batchnorm": {**_EIGHT, "model.normalization": "batchnorm"},
+    "epochs_8_batch_64": {**_EIGHT, "batch_size": 64},
+    "epochs_8_elastic_sigma_6": {**_EIGHT, **_ELASTIC, "data.elastic_sigma": 6.0},
 }
