@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
   # Chosen on validation by experiments/sweeps/recipe.py (docs/recipe.md): 8 epochs fit the 30-minute budget
   # of a 2-core CPU with native bfloat16 (~1,290 s); 2.7 were the budget before oneDNN's convolutions.
-  config.num_epochs = 8  # fractional epochs are fine: steps = round(num_epochs * steps per epoch)
+  config.num_epochs = 8.0  # fractional epochs are fine: steps = round(num_epochs * steps per epoch)
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch
   config.optimizer = "adamw"  # sgd | adamw
   config.learning_rate = 2e-3  # peak
