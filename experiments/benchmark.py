@@ -128,7 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
               f"Mean of their calibrated probabilities, final checkpoints: test accuracy "
               f"**{100 * e['test_accuracy']:.2f}%** over {e['count']:,} images; calibration error "
               f"{e['test_ece']:.4f} (raw softmax {e['test_ece_uncalibrated']:.4f}). Report: "
-              f"`{e['report_dir']}`.", ""]
+              f"`{e['report_dir']}`."]
   repro = result["reproducibility"]
   what = (f"Seed {result['seeds'][0]} trained twice in separate processes" if not repro.get("steps") else
           f"The first {repro['steps']} steps of seed {result['seeds'][0]} trained twice in separate "
