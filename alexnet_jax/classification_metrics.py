@@ -54,14 +54,19 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, nu
   return float(error)
 
 
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+  """Mean negative log-probability of the true class (a probability of 0 counts as the smallest float)."""
+  eps = np.finfo(np.float64).tiny
+  return float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels], eps))))
+
+
 def classification_report(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
   """Every number an evaluation report shows, JSON-ready."""
   num_classes = probabilities.shape[1]
   predictions = probabilities.argmax(axis=1)
   confusion = confusion_matrix(labels, predictions, num_classes)
   scores = per_class_scores(confusion)
-  eps = np.finfo(np.float64).tiny
-  loss = float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels], eps))))
+  loss = log_loss(probabilities, labels)
   return {
       "count": int(len(labels)),
       "accuracy": float(np.mean(predictions == labels)),

@@ -133,7 +133,7 @@ def evaluate_runs(workdirs: Sequence[str], which: str = "best", split_name: str 
              "split": split_name, **classification_metrics.classification_report(probabilities, labels),
              "expected_calibration_error_uncalibrated":
                  classification_metrics.expected_calibration_error(uncalibrated, labels),
-             "loss_uncalibrated": classification_metrics.classification_report(uncalibrated, labels)["loss"]}
+             "loss_uncalibrated": classification_metrics.log_loss(uncalibrated, labels)}
   if len(runs) > 1:
     metrics["ensemble"] = members
   else:
