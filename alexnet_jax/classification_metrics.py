@@ -39,19 +39,23 @@ def most_confused_pairs(confusion: np.ndarray, top: int = 10) -> list[tuple[int,
   return sorted(off_diagonal, key=lambda cell: (-cell[2], cell[0], cell[1]))[:top]
 
 
+def calibration_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = 15
+                     ) -> list[dict[str, float]]:
+  """Per equal-width bin of top-label confidence, in order, empty bins left out: mean confidence, accuracy
+  and the share of the examples in it. Bin i holds confidences in (i / n, (i + 1) / n]; a confidence of
+  exactly 0 joins the first bin."""
+  confidence = probabilities.max(axis=1)
+  correct = probabilities.argmax(axis=1) == labels
+  bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)
+  return [{"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()),
+           "share": float(np.mean(bins == b))} for b in range(num_bins) if np.any(bins == b)]
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = 15
                                ) -> float:
   """Top-label ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| x share."""
-  confidence = probabilities.max(axis=1)
-  correct = probabilities.argmax(axis=1) == labels
-  # Bin i holds confidences in (i / n, (i + 1) / n]; a confidence of exactly 0 joins the first bin.
-  bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)
-  error = 0.0
-  for b in range(num_bins):
-    in_bin = bins == b
-    if in_bin.any():
-      error += abs(correct[in_bin].mean() - confidence[in_bin].mean()) * in_bin.mean()
-  return float(error)
+  return float(sum(abs(b["accuracy"] - b["confidence"]) * b["share"]
+                   for b in calibration_bins(probabilities, labels, num_bins)))
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:

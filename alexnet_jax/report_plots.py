@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alexnet_jax import classification_metrics  # noqa: E402
+
 MISCLASSIFIED_SHOWN = 24
 
 
@@ -118,17 +120,6 @@ def confused_pairs_plot(path: str, galleries: list[dict[str, Any]]) -> None:
   save_figure(fig, path)
 
 
-def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = 15
-                     ) -> list[dict[str, float]]:
-  """Per equal-width confidence bin (as classification_metrics.expected_calibration_error cuts them):
-  mean confidence, accuracy and share of the examples; empty bins left out."""
-  confidence = probabilities.max(axis=1)
-  correct = probabilities.argmax(axis=1) == labels
-  bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)
-  return [{"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()),
-           "share": float(np.mean(bins == b))} for b in range(num_bins) if np.any(bins == b)]
-
-
 def reliability_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
                      uncalibrated: np.ndarray | None = None) -> None:
   """Accuracy against confidence per bin, before and after calibration: on the diagonal is calibrated.
@@ -139,7 +130,7 @@ def reliability_plot(path: str, probabilities: np.ndarray, labels: np.ndarray,
   if uncalibrated is not None:
     curves.insert(0, ("before (raw softmax)", uncalibrated, "s--"))
   for name, probs, style in curves:
-    points = reliability_bins(probs, labels)
+    points = classification_metrics.calibration_bins(probs, labels)
     ax.plot([p["confidence"] for p in points], [p["accuracy"] for p in points], style, label=name)
     share_ax.plot([p["confidence"] for p in points], [p["share"] for p in points], style, label=name)
   ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),

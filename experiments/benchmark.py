@@ -160,15 +160,16 @@ def main(argv: list[str]) -> None:
                         (*overrides, f"--config.seed={seed}"))
 
   specs = [spec(f"seed_{s}", s) for s in seeds]
-  if FLAGS.reproducibility_steps > 0:
-    steps = FLAGS.reproducibility_steps
-    repeats = [runs.RunSpec(f"reproducibility_{steps}/{name}", os.path.join(root, f"reproducibility_{steps}",
-                                                                             name), config_file,
+  steps = FLAGS.reproducibility_steps
+  if steps > 0:  # two short runs, both new
+    repeats = [runs.RunSpec(f"reproducibility_{steps}/{name}",
+                            os.path.join(root, f"reproducibility_{steps}", name), config_file,
                             (*overrides, f"--config.seed={seeds[0]}", f"--config.num_train_steps={steps}"))
                for name in ("a", "b")]
-  else:
+    specs += repeats
+  else:  # the first seed's own run, and a second one
     repeats = [specs[0], spec(f"repeat_seed_{seeds[0]}", seeds[0])]
-  specs += repeats[1:] if repeats[0] is specs[0] else repeats
+    specs.append(repeats[1])
   try:
     codes = runs.RunPool(FLAGS.jobs).run(specs)
   except KeyboardInterrupt as e:
