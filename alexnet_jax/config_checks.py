@@ -63,7 +63,7 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
     _check_positive(config, field)
   for field in ("weight_decay", "label_smoothing", "grad_clip_norm", "model.dense_width",
                 "data.validation_size", "data.max_translate", "data.max_rotate", "data.max_scale",
-                "data.elastic_alpha", "momentum", "warmup_steps", "ema_decay"):
+                "data.elastic_alpha", "data.max_blur_sigma", "momentum", "warmup_steps", "ema_decay"):
     _check_positive(config, field, allow_zero=True)
   _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", config.model.dropout_rate,
            "must be in [0, 1)")

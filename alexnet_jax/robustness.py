@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import augmentation, input_pipeline
 
 # Strengths per perturbation, 0 included; units in `UNITS`.
 STRENGTHS: dict[str, tuple[float, ...]] = {
@@ -31,15 +31,9 @@ NOISE_SEED = 0
 
 
 def _blur(images: jax.Array, sigma: float) -> jax.Array:
+  # Truncated at ceil(3 sigma), black (0) beyond the border, as around any MNIST digit.
   radius = int(np.ceil(3 * sigma))
-  offsets = np.arange(-radius, radius + 1)
-  kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-  kernel = jnp.asarray(kernel / kernel.sum(), jnp.float32)
-  x = images[..., 0]
-  # Separable: along rows, then along columns; black (0) beyond the border, as around any MNIST digit.
-  x = jax.vmap(lambda image: jax.scipy.signal.convolve2d(image, kernel[:, None], mode="same"))(x)
-  x = jax.vmap(lambda image: jax.scipy.signal.convolve2d(image, kernel[None, :], mode="same"))(x)
-  return x[..., None]
+  return jax.vmap(lambda image: augmentation.gaussian_blur(image, sigma, radius))(images)
 
 
 def _thickness(images: jax.Array, pixels: int) -> jax.Array:

@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   # smoothed uniform noise, in pixels. 0: off.
   config.data.elastic_alpha = 0.0
   config.data.elastic_sigma = 4.0
+  # Gaussian blur of a width drawn per image from [0, max_blur_sigma] pixels, last. 0: off.
+  config.data.max_blur_sigma = 0.0
 
   # Optimisation.
   config.batch_size = 128  # global, over all devices

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from alexnet_jax import augmentation
 
@@ -99,3 +100,34 @@ def test_smoothing_matrix_is_the_zero_padded_convolution():
   # sigma 6: the kernel (37 taps) is longer than the image
   wide = np.asarray(augmentation.smoothing_matrix(28, 6.0))
   assert wide.shape == (28, 28) and np.all(wide[0, :19] > 0) and wide[0, 19] == 0
+
+
+def test_gaussian_blur_is_scipys_gaussian_filter():
+  """Against scipy.ndimage.gaussian_filter, zero beyond the border and truncated at the same 3 sigma
+  (float64 reference; the difference is float32 rounding of sums of at most 28 x 28 terms below 1)."""
+  image = np.random.default_rng(1).uniform(0, 1, (28, 28))
+  for sigma in (0.7, 1.5, 2.5):
+    expected = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=3.0)
+    blurred = augmentation.gaussian_blur(jnp.asarray(image[..., None], jnp.float32), sigma)
+    np.testing.assert_allclose(np.asarray(blurred)[..., 0], expected, atol=1e-5)
+
+
+def test_blur_width_may_be_traced_under_one_radius():
+  image = _digit_like_batch()[0]
+  traced = jax.jit(lambda s: augmentation.gaussian_blur(image, s, radius=8))(jnp.float32(1.2))
+  np.testing.assert_allclose(traced, augmentation.gaussian_blur(image, 1.2, radius=8), atol=1e-4)
+  identity = augmentation.gaussian_blur(image, 1e-3, radius=8)
+  np.testing.assert_allclose(identity, image, atol=1e-4)
+
+
+def test_random_blur_keeps_the_ink_spreads_it_and_leaves_other_draws_alone():
+  images = _digit_like_batch()  # the bar lies well inside: no ink is lost past the border
+  kwargs = {"max_translate": 2.0, "max_rotate_deg": 10.0, "max_scale": 0.1}
+  plain = augmentation.random_affine(images, jax.random.key(4), **kwargs)
+  blurred = augmentation.random_affine(images, jax.random.key(4), max_blur_sigma=2.0, **kwargs)
+  np.testing.assert_allclose(blurred.sum((1, 2, 3)), plain.sum((1, 2, 3)), rtol=1e-3)
+  assert bool(jnp.all((blurred > 1.0).sum((1, 2, 3)) >= (plain > 1.0).sum((1, 2, 3))))
+  assert bool(jnp.all(blurred.max((1, 2, 3)) <= plain.max((1, 2, 3)) + 1e-3))
+  assert not jnp.array_equal(blurred, plain)
+  widths = [float(jnp.abs(blurred[i] - plain[i]).sum()) for i in range(4)]
+  assert len(set(widths)) == 4, "each image draws its own width"

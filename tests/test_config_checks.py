@@ -41,6 +41,10 @@ def test_shipped_configs_are_valid(get_config):
     ("parallelism", "tpu_magic"),
     ("data.num_shards", -2),
     ("steps_per_dispatch", 0),
+    ("data.elastic_alpha", -1.0),
+    ("data.elastic_sigma", 0.0),
+    ("data.max_blur_sigma", -0.5),
+    ("ema_decay", 1.0),
 ])
 def test_bad_value_names_the_field(field, value):
   config = default.get_config()
