@@ -63,12 +63,15 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
     _check_positive(config, field)
   for field in ("weight_decay", "label_smoothing", "grad_clip_norm", "model.dense_width",
                 "data.validation_size", "data.max_translate", "data.max_rotate", "data.max_scale",
-                "data.elastic_alpha", "data.max_blur_sigma", "momentum", "warmup_steps", "ema_decay"):
+                "data.elastic_alpha", "data.max_blur_sigma", "data.max_stroke", "momentum", "warmup_steps",
+                "ema_decay"):
     _check_positive(config, field, allow_zero=True)
   _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", config.model.dropout_rate,
            "must be in [0, 1)")
   _require(config.ema_decay < 1.0, "ema_decay", config.ema_decay, "must be < 1 (0: no moving average)")
   _require(config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "must be < 1")
+  _require(config.data.get("max_stroke", 0.0) <= 1.0, "data.max_stroke", config.data.get("max_stroke"),
+           "must be <= 1 (1: all the way to the dilation or erosion)")
   _require(config.data.max_scale < 1.0, "data.max_scale", config.data.max_scale, "must be < 1")
   _require(0.0 < config.onecycle_pct_start < 1.0, "onecycle_pct_start", config.onecycle_pct_start,
            "must be in (0, 1)")

@@ -93,6 +93,7 @@ class StepOptions:
   max_scale: float = 0.0
   elastic_alpha: float = 0.0  # 0: no elastic distortion
   elastic_sigma: float = 4.0
+  max_stroke: float = 0.0  # 0: stroke widths as they are
   max_blur_sigma: float = 0.0  # 0: no blur
   ema_decay: float = 0.0  # 0: no moving average
 
@@ -103,6 +104,7 @@ class StepOptions:
                max_rotate=config.data.max_rotate, max_scale=config.data.max_scale,
                elastic_alpha=config.data.get("elastic_alpha", 0.0),
                elastic_sigma=config.data.get("elastic_sigma", 4.0),
+               max_stroke=config.data.get("max_stroke", 0.0),
                max_blur_sigma=config.data.get("max_blur_sigma", 0.0), ema_decay=config.get("ema_decay", 0.0))
 
 
@@ -175,7 +177,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
         images, keys, max_translate=options.max_translate,
         max_rotate_deg=options.max_rotate, max_scale=options.max_scale,
         elastic_alpha=options.elastic_alpha, elastic_sigma=options.elastic_sigma,
-        max_blur_sigma=options.max_blur_sigma)
+        max_stroke=options.max_stroke, max_blur_sigma=options.max_blur_sigma)
   if axis_name is not None:  # Flax draws dropout masks per device: give each device its own key.
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   images = input_pipeline.normalize(images)

@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   # smoothed uniform noise, in pixels. 0: off.
   config.data.elastic_alpha = 0.0
   config.data.elastic_sigma = 4.0
+  # Stroke width: each image moved a fraction drawn from [-max_stroke, max_stroke] (at most 1) of the way
+  # to its 3x3 grey erosion (-) or dilation (+). 0: off.
+  config.data.max_stroke = 0.0
   # Gaussian blur of a width drawn per image from [0, max_blur_sigma] pixels, last. 0: off.
   config.data.max_blur_sigma = 0.0
 

@@ -131,3 +131,28 @@ def test_random_blur_keeps_the_ink_spreads_it_and_leaves_other_draws_alone():
   assert not jnp.array_equal(blurred, plain)
   widths = [float(jnp.abs(blurred[i] - plain[i]).sum()) for i in range(4)]
   assert len(set(widths)) == 4, "each image draws its own width"
+
+
+def test_stroke_width_is_grey_dilation_and_erosion_at_its_ends():
+  image = np.asarray(_digit_like_batch()[0])  # a 8 x 4 bar
+  wide = np.asarray(augmentation.stroke_width(jnp.asarray(image), 1.0))
+  thin = np.asarray(augmentation.stroke_width(jnp.asarray(image), -1.0))
+  np.testing.assert_array_equal(wide, ndimage.grey_dilation(image, size=(3, 3, 1), mode="constant"))
+  np.testing.assert_array_equal(thin, ndimage.grey_erosion(image, size=(3, 3, 1), mode="constant"))
+  assert (wide > 0).sum() == 10 * 6 and (thin > 0).sum() == 6 * 2
+  half = np.asarray(augmentation.stroke_width(jnp.asarray(image), 0.5))
+  np.testing.assert_allclose(half, (image + wide) / 2)
+  np.testing.assert_array_equal(augmentation.stroke_width(jnp.asarray(image), 0.0), image)
+
+
+def test_random_stroke_width_thickens_some_thins_others_and_leaves_other_draws_alone():
+  images = jnp.tile(_digit_like_batch()[:1], (16, 1, 1, 1))
+  kwargs = {"max_translate": 0.0, "max_rotate_deg": 0.0, "max_scale": 0.0}
+  plain = augmentation.random_affine(images, jax.random.key(6), max_blur_sigma=1.0, **kwargs)
+  stroked = augmentation.random_affine(images, jax.random.key(6), max_stroke=1.0, **kwargs)
+  ink = np.asarray(stroked.sum((1, 2, 3)))
+  original = float(images[0].sum())
+  assert (ink > original * 1.05).any() and (ink < original * 0.95).any()
+  both = augmentation.random_affine(images, jax.random.key(6), max_stroke=1.0, max_blur_sigma=1.0, **kwargs)
+  assert not jnp.array_equal(both, plain)
+  np.testing.assert_allclose(both.sum((1, 2, 3)), stroked.sum((1, 2, 3)), rtol=1e-3)

@@ -44,6 +44,8 @@ def test_shipped_configs_are_valid(get_config):
     ("data.elastic_alpha", -1.0),
     ("data.elastic_sigma", 0.0),
     ("data.max_blur_sigma", -0.5),
+    ("data.max_stroke", -0.1),
+    ("data.max_stroke", 1.5),
     ("ema_decay", 1.0),
 ])
 def test_bad_value_names_the_field(field, value):
