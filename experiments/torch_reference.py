@@ -1,5 +1,6 @@
 """The PyTorch reference for throughput: the `mnist` AlexNet of alexnet_jax/models.py, layer for layer
-(the same convolutions, SAME padding, overlapping pooling, dropout, classifier widths), trained on the
+(the same convolutions, SAME padding, batch norm where the config has it, overlapping pooling, dropout,
+classifier widths), trained on the
 same batch size with the same optimizer family and label smoothing. Needs the `bench` extra."""
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ def torch_version() -> str:
 def build(model_config: ml_collections.ConfigDict) -> nn.Module:
   """conv/ReLU/pool stack and dropout-dense classifier matching models.AlexNet(variant="mnist")."""
   flax_model = models.create_model(model_config)
-  if flax_model.variant != "mnist" or flax_model.normalization != "none":
-    raise ValueError("the PyTorch reference covers the mnist variant without normalisation")
+  if flax_model.variant != "mnist" or flax_model.normalization == "lrn":
+    raise ValueError("the PyTorch reference covers the mnist variant, without LRN")
+  batch_norm = flax_model.normalization == "batchnorm"
   activation = nn.ReLU if flax_model.activation == "relu" else nn.Tanh
   pool = (3, 2) if flax_model.pooling == "overlapping" else (2, 2)
   layers, channels, side = [], 1, models.INPUT_SHAPE[0]
   for spec in flax_model.conv_specs():
-    layers += [nn.Conv2d(channels, spec.features, spec.kernel, padding="same"), activation()]
+    layers.append(nn.Conv2d(channels, spec.features, spec.kernel, padding="same", bias=not batch_norm))
+    if batch_norm:  # Flax's momentum 0.9 keeps 0.9 of the old running statistics; PyTorch's 0.1 is the new
+      layers.append(nn.BatchNorm2d(spec.features, eps=1e-5, momentum=0.1))
+    layers.append(activation())
     channels = spec.features
     if spec.pool_after:
       layers.append(nn.MaxPool2d(*pool))

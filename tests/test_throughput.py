@@ -28,7 +28,8 @@ def test_table_ratios_are_against_pytorch_best_float32():
   assert "| PyTorch x, bfloat16, nchw | 10 | 20 | 0.07x | 0.04x |" in table
 
 
-def test_pytorch_reference_is_the_same_network():
+@pytest.mark.parametrize("normalization", ["none", "batchnorm"])
+def test_pytorch_reference_is_the_same_network(normalization):
   torch = pytest.importorskip("torch", reason="the PyTorch reference needs the optional `bench` extra")
   import jax  # noqa: PLC0415
 
@@ -37,9 +38,12 @@ def test_pytorch_reference_is_the_same_network():
   from experiments import torch_reference  # noqa: PLC0415
 
   config = default.get_config()
+  config.model.normalization = normalization
   reference = torch_reference.build(config.model)
   flax_model = models.create_model(config.model)
   params = jax.eval_shape(lambda: flax_model.init(
       jax.random.key(0), jax.numpy.zeros((1, *models.INPUT_SHAPE)), train=False))["params"]
   assert sum(p.numel() for p in reference.parameters()) == sum(x.size for x in jax.tree.leaves(params))
   assert reference(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+  batch_norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  assert len(batch_norms) == (len(flax_model.conv_specs()) if normalization == "batchnorm" else 0)
