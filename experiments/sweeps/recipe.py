@@ -27,5 +27,6 @@ VARIANTS = {
     "epochs_8_batchnorm_lr_4e-3": {**_EIGHT, "model.normalization": "batchnorm", "learning_rate": 4e-3},
     # Robustness to other pens and focus: the 8-epoch runs read blurred and thinned digits worst.
     "epochs_8_blur_2": {**_EIGHT, "data.max_blur_sigma": 2.0},
+    "epochs_8_blur_1.5": {**_EIGHT, "data.max_blur_sigma": 1.5},
     "epochs_8_stroke_blur": {**_EIGHT, "data.max_stroke": 1.0, "data.max_blur_sigma": 2.0},
 }
