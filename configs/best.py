@@ -3,8 +3,9 @@
 A candidate, not yet measured to its targets (mean test accuracy >= 99.70% over five seeds, each >= 99.65%;
 the ensemble of the five >= 99.75%). On the `recipe` sweep's evidence (docs/recipe.md), more epochs were
 what moved validation accuracy (2.7 -> 8 epochs: +0.08 points, p = 0.15 on 2 and 3 seeds), elastic
-distortion cost 0.56 points at 8 epochs, and the moving average of the weights is kept (+0.01 at the end,
-far more mid-run). Expected time, from the default's measured 140-160 s per epoch: 70-80 minutes of
+distortion cost 0.56 points at 8 epochs, batch norm converged sooner but did not end clearly higher
+(+0.05, p = 0.42), and the moving average of the weights is kept (+0.01 at the end, far more mid-run).
+Expected time, from the default's measured 140-160 s per epoch: 70-80 minutes of
 training on a 2-core CPU with native bfloat16, about 2.3 hours in float32; on an NVIDIA H200, whose 2.7
 epochs took 1.6 s, well under a minute.
 """
