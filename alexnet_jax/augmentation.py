@@ -1,5 +1,5 @@
-"""Random affine augmentation (translation, rotation, scale), optionally followed by elastic distortion
-and a random Gaussian blur, computed on device inside the train step.
+"""Random affine augmentation (translation, rotation, scale), optionally followed by elastic distortion,
+a random stroke width and a random Gaussian blur, computed on device inside the train step.
 
 Each image gets its own transform drawn from the step's rng, so a run is deterministic given its seed
 and independent of host threads. Pixels are resampled bilinearly, once for both transforms; what falls

@@ -1,7 +1,7 @@
 """The PyTorch reference for throughput: the `mnist` AlexNet of alexnet_jax/models.py, layer for layer
 (the same convolutions, SAME padding, batch norm where the config has it, overlapping pooling, dropout,
-classifier widths), trained on the
-same batch size with the same optimizer family and label smoothing. Needs the `bench` extra."""
+classifier widths), trained on the same batch size with the same optimizer family and label smoothing.
+Needs the `bench` extra."""
 
 from __future__ import annotations
 
