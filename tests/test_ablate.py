@@ -2,6 +2,7 @@
 its table's numbers are the runs' own."""
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -106,7 +107,10 @@ def test_unknown_sweep_and_malformed_sweep_are_named(tmp_path):
 def test_shipped_sweeps_load_and_name_real_config_fields():
   from configs import default  # noqa: PLC0415
 
-  for name in ("alexnet_paper", "optimizers", "capacity"):
+  names = sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, "experiments", "sweeps"))
+                 if f.endswith(".py") and not f.startswith("_"))
+  assert {"alexnet_paper", "optimizers", "capacity", "recipe"} <= set(names)
+  for name in names:
     sweep = ablate.load_sweep(name)
     for fields in sweep.VARIANTS.values():
       for field in fields:
