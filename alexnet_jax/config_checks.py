@@ -70,7 +70,7 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
            "must be in [0, 1)")
   _require(config.ema_decay < 1.0, "ema_decay", config.ema_decay, "must be < 1 (0: no moving average)")
   _require(config.label_smoothing < 1.0, "label_smoothing", config.label_smoothing, "must be < 1")
-  _require(config.data.get("max_stroke", 0.0) <= 1.0, "data.max_stroke", config.data.get("max_stroke"),
+  _require(config.data.max_stroke <= 1.0, "data.max_stroke", config.data.max_stroke,
            "must be <= 1 (1: all the way to the dilation or erosion)")
   _require(config.data.max_scale < 1.0, "data.max_scale", config.data.max_scale, "must be < 1")
   _require(0.0 < config.onecycle_pct_start < 1.0, "onecycle_pct_start", config.onecycle_pct_start,
