@@ -8,7 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, config_checks, metric_logging, models, optimizers, train, trained_run
+from alexnet_jax import (
+  calibration,
+  checkpointing,
+  config_checks,
+  metric_logging,
+  models,
+  optimizers,
+  train,
+  trained_run,
+)
 from configs import smoke
 from tests.conftest import saved_steps, tensorboard_steps
 
@@ -214,7 +223,12 @@ def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp
   final = train.train_and_evaluate(synthetic_config, str(tmp_path))
   assert {"val_accuracy", "raw_val_accuracy", "test_accuracy", "raw_test_accuracy"} <= set(final)
   assert final["val_count"] == 5000 and final["test_count"] == 10000
-  assert final["test_ece_calibrated"] <= final["test_ece"] + 0.01
+  # The temperature minimises validation NLL over a range holding T = 1, so validation can only gain (up
+  # to rounding); the test split of an 8-step synthetic run has no such guarantee and is only reported.
+  entry = calibration.read_entries(str(tmp_path))[calibration.entry_key("ema", final["step"])]
+  assert entry["val_nll_after"] <= entry["val_nll_before"] + 1e-12
+  assert entry["temperature"] == final["temperature"]
+  assert entry["test_ece_after"] == final["test_ece_calibrated"]
   run = trained_run.load(str(tmp_path), "latest")
   raw = trained_run.load(str(tmp_path), "latest", weights="raw")
   assert run.weights == "ema" and raw.weights == "raw"
