@@ -7,8 +7,8 @@ validation accuracy (2.7 -> 8 epochs: +0.08 points; batch norm 8 -> 10: +0.05), 
 and with 10 epochs won (+0.11 on validation over the 8-epoch recipe without it), elastic distortion cost 0.56
 points at 8 epochs, and the moving average of the weights is kept (+0.01 at the end, far more mid-run).
 Expected time, from the default's measured 163-171 s per epoch: 80-90 minutes of training on a 2-core CPU
-with native bfloat16, about 2.5 hours in float32; on an NVIDIA H200, whose 2.7 epochs took 1.6 s, well under
-a minute.
+with native bfloat16, about 2.5 hours in float32 (estimated); on an NVIDIA H200, whose 2.7 epochs took 1.6 s,
+well under a minute.
 """
 
 import ml_collections

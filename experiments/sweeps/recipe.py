@@ -4,9 +4,8 @@
 baseline. Each variant spells out its epochs, `ema_decay` and normalization, so the sweep means the same
 whatever configs/default.py later becomes. Runs with a moving average of their weights (`ema_decay` 0.999)
 report the average in the plain columns and the raw weights beside it: EMA is compared on identical
-trajectories.
-Choices are made on the validation split (5,000 images held out of the training split); the test split is
-reported, never chosen on. Results and the commands: docs/recipe.md.
+trajectories. Choices are made on the validation split (5,000 images held out of the training split); the
+test split is reported, never chosen on. Results and the commands: docs/recipe.md.
 """
 
 BASE_CONFIG = "configs/default.py"
