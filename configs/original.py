@@ -23,4 +23,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 10
   config.weight_decay = 5e-4
   config.label_smoothing = 0.0
+  config.ema_decay = 0.0  # the paper's model is its raw weights (the default keeps an average since)
   return config

@@ -36,6 +36,7 @@ def test_original_config_is_the_papers_recipe():
   assert config.weight_decay == 5e-4
   assert config.model.normalization == "lrn"
   assert config.model.variant == "original"
+  assert config.ema_decay == 0.0 and config.label_smoothing == 0.0
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
