@@ -72,19 +72,29 @@ def test_transparent_background_counts_as_paper(tmp_path, mnist_test):
   assert np.abs(from_array - reference).max() <= 2
 
 
-def test_varied_digits_are_classified_as_before(trained_run, mnist_test):
-  """An MNIST digit inverted, enlarged to 128x128, in RGB and off-centre is classified as the original."""
+def test_varied_digits_are_read_as_well_as_the_originals(trained_run, mnist_test):
+  """An MNIST digit inverted, enlarged to 128x128, in RGB and off-centre is read as well as the original.
+
+  The comparison is against the labels, not against the original's prediction: preprocessing
+  resamples the digit (mean absolute pixel change about 6 of 255), which moves the short run's
+  borderline digits, most of them ones it misread (on an AMD EPYC all 15 of 1,000 changed predictions
+  were misread originals, 12 of them now read correctly). What must hold is that a digit read
+  correctly in MNIST form stays correct, and accuracy does not drop.
+  """
   workdir, _ = trained_run
   images, labels = mnist_test
   predictor = predict.load_predictor(str(workdir), "best")
-  count = 200
-  before = predictor(images[:count, ..., None], preprocessed=True).argmax(-1)
+  count = 1000
+  before = predictor(images[:count, ..., None], preprocessed=True).argmax(-1) == labels[:count]
   rng = np.random.default_rng(0)
   varied = [varied_digits.varied(x, "all_four", rng) for x in images[:count]]
   assert varied[0].shape[-1] == 3 and varied[0][0, 0, 0] > 128  # RGB, dark ink on light paper
-  after = predictor(varied).argmax(-1)
-  assert (before == labels[:count]).mean() >= 0.95  # the model is worth asking
-  assert (after == before).mean() >= 0.98, np.flatnonzero(after != before)
+  after = predictor(varied).argmax(-1) == labels[:count]
+  assert before.mean() >= 0.95  # the model is worth asking
+  # 1% of the correctly read originals (about 10 digits) is room for the last-bit differences between
+  # CPUs; a preprocessing fault (polarity, scale, centring) misreads far more.
+  assert after[before].mean() >= 0.99, np.flatnonzero(before & ~after)
+  assert after.mean() >= before.mean() - 0.01
 
 
 def test_batched_call_equals_one_image_at_a_time(smoke_run, mnist_test):
