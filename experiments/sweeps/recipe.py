@@ -32,6 +32,7 @@ VARIANTS = {
     "epochs_10_batchnorm_lr_4e-3": {**_TEN_BN, "learning_rate": 4e-3},
     "epochs_10_batchnorm_no_label_smoothing": {**_TEN_BN, "label_smoothing": 0.0},
     "epochs_10_batchnorm_dropout_0.25": {**_TEN_BN, "model.dropout_rate": 0.25},
+    "epochs_10_batchnorm_elastic_sigma_6": {**_TEN_BN, **_ELASTIC, "data.elastic_sigma": 6.0},  # gentler
     "epochs_11_batchnorm": {**_TEN_BN, "num_epochs": 11},  # ~1,800-1,900 s here: past the budget
     # Robustness to other pens and focus: the 8-epoch runs read blurred and thinned digits worst.
     "epochs_8_blur_2": {**_EIGHT, "data.max_blur_sigma": 2.0},
