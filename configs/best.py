@@ -6,7 +6,7 @@ Measured (docs/recipe.md#configsbestpy; two seeds on a 2-core AMD EPYC with avx5
 is no better than the default's 10 epochs (mean validation 99.66% for both): past 10 epochs validation
 accuracy stops rising, so more epochs do not meet the targets (mean test accuracy >= 99.70% over five seeds,
 each >= 99.65%; their ensemble >= 99.75%). 16 epochs is the longest run of which two seeds fit one working
-session on that CPU (runs do not outlive a session there).
+session on that CPU (a run folder is not sure to outlive its session there).
 Expected time: about 53 minutes on that 2-core AMD EPYC (measured 3,140-3,164 s: about 196 s per epoch with
 its validation pass; a 2-core Intel Xeon with AMX runs the default's epochs about 15% faster), about 75
 minutes in float32 (estimated from a 2.7-epoch float32 run's 741 s on a 2-core Intel Xeon); on an NVIDIA H200,
