@@ -6,7 +6,9 @@ without changing any prediction (the argmax is the same for every T > 0), so acc
 
 T is fit on the validation split after training, minimising its negative log-likelihood, and stored with
 the run in DIR/calibration.json, one entry per checkpoint and weights ("ema@4296"): `evaluate`, `predict`,
-`serve` and `export` apply the entry of the checkpoint they load. The test split is only reported on.
+`serve` and `export` apply the entry of the checkpoint they load. Test-time augmentation averages
+probabilities over shifted views, which changes their confidence: its temperature is an entry of its own
+("ema@4296+tta1"), fitted by `evaluate --tta_radius 1`. The test split is only reported on.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def summary(logits: np.ndarray, labels: np.ndarray, temperature: float, prefix: 
           f"{prefix}_ece_after": ece(softmax(logits, temperature), labels)}
 
 
-def entry_key(weights: str, step: int) -> str:
-  return f"{weights}@{step}"
+def entry_key(weights: str, step: int, tta_radius: int = 0) -> str:
+  """"ema@4296"; with test-time augmentation (alexnet_jax/test_time_augmentation.py) "ema@4296+tta1"."""
+  return f"{weights}@{step}" + (f"+tta{tta_radius}" if tta_radius else "")
 
 
 def read_entries(workdir: str) -> dict[str, dict[str, Any]]:
@@ -74,23 +77,26 @@ def read_entries(workdir: str) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def stored_temperature(workdir: str, weights: str, step: int) -> float | None:
-  entry = read_entries(workdir).get(entry_key(weights, step))
+def stored_temperature(workdir: str, weights: str, step: int, tta_radius: int = 0) -> float | None:
+  entry = read_entries(workdir).get(entry_key(weights, step, tta_radius))
   return None if entry is None else float(entry["temperature"])
 
 
 def calibrate(workdir: str, weights: str, step: int, validation: tuple[np.ndarray, np.ndarray],
-              test: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-  """Fits T on the validation (logits, labels), stores it for (weights, step) in DIR/calibration.json
-  beside the other checkpoints' entries, and returns the entry (with the test split's figures if given,
-  for the report only)."""
+              test: tuple[np.ndarray, np.ndarray] | None = None, *, tta_radius: int = 0
+              ) -> dict[str, Any]:
+  """Fits T on the validation (logits, labels), stores it for (weights, step, tta_radius) in
+  DIR/calibration.json beside the other checkpoints' entries, and returns the entry (with the test split's
+  figures if given, for the report only)."""
   temperature = fit_temperature(*validation)
   entry = {"temperature": temperature, "weights": weights, "checkpoint_step": step,
            "fit_on": "validation", **summary(*validation, temperature, "val")}
   if test is not None:
     entry.update(summary(*test, temperature, "test"))
   entries = read_entries(workdir)
-  entries[entry_key(weights, step)] = entry
+  if tta_radius:
+    entry["tta_radius"] = tta_radius
+  entries[entry_key(weights, step, tta_radius)] = entry
   path = os.path.join(workdir, CALIBRATION_FILE)
   with open(path + ".tmp", "w") as f:  # renamed into place: a crash never leaves half a file
     json.dump(entries, f, indent=2, sort_keys=True)

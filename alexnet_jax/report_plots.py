@@ -178,6 +178,11 @@ def write_markdown(report_dir: str, metrics: dict[str, Any]) -> None:
       + (f"; temperature {temperature:.4f}, fitted on validation)" if temperature else ")"),
       "",
   ]
+  if "tta_radius" in metrics:
+    single_view = 100 * metrics["accuracy_single_view"]
+    lines[-1:-1] = [f"- test-time augmentation: mean probabilities of {metrics['tta_views']} copies shifted "
+                    f"by up to {metrics['tta_radius']} px; one view: {single_view:.2f}% (robustness below: "
+                    "one view)"]
   if members:
     lines += ["| member | checkpoint | weights | temperature | accuracy |", "|---|---:|---|---:|---:|"]
     lines += [f"| {m['workdir']} | {m['checkpoint_step']} | {m['weights']} | "

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import calibration, checkpointing, input_pipeline, models
+from alexnet_jax import calibration, checkpointing, input_pipeline, models, test_time_augmentation
 
 WEIGHTS_CHOICES = ("auto", "raw", "ema")
 
@@ -39,12 +39,16 @@ class TrainedRun:
   step: int
   weights: str = "raw"
   temperature: float | None = None
+  tta_radius: int = 0
 
   def logits_fn(self):
     """A jitted function: uint8 images, or float in [0, 255], (N, 28, 28, 1) -> logits (N, classes);
     differentiable with respect to the images."""
-    apply = jax.jit(lambda variables, images: self.model.apply(
-        variables, input_pipeline.normalize(images), train=False))
+    def single_view(variables, images):
+      return self.model.apply(variables, input_pipeline.normalize(images), train=False)
+
+    apply = jax.jit(lambda variables, images: test_time_augmentation.averaged_log_probabilities_fn(
+        lambda views: single_view(variables, views), self.tta_radius)(images))
     # The weights go in as arguments: closed over, they would be compiled into the program as constants.
     return lambda images: apply(self.variables, images)
 
@@ -85,9 +89,12 @@ def resolve_weights(config: ml_collections.ConfigDict, weights: str) -> str:
   return weights
 
 
-def load(workdir: str, which: str = "best", weights: str = "auto") -> TrainedRun:
+def load(workdir: str, which: str = "best", weights: str = "auto", tta_radius: int = 0) -> TrainedRun:
   """The run in `workdir` at checkpoint `which` (best | latest | a step number), its `weights` (auto |
-  raw | ema), with the temperature stored for them (see alexnet_jax/calibration.py)."""
+  raw | ema), predicting with test-time augmentation of `tta_radius` (0: one view), with the temperature
+  stored for them (see alexnet_jax/calibration.py)."""
+  if tta_radius < 0:
+    raise checkpointing.CheckpointError(f"--tta_radius={tta_radius}: expected 0 (off) or more pixels")
   config = load_config(workdir)
   weights = resolve_weights(config, weights)
   model = models.create_model(config.model)
@@ -106,8 +113,10 @@ def load(workdir: str, which: str = "best", weights: str = "auto") -> TrainedRun
     checkpointer.close()
   if weights == "ema":
     variables = variables["ema"]
-  temperature = calibration.stored_temperature(workdir, weights, step)
+  temperature = calibration.stored_temperature(workdir, weights, step, tta_radius)
   if temperature is None:
-    logging.warning("%s: no temperature stored for the %s weights at step %d: probabilities uncalibrated "
-                    "(python -m alexnet_jax.evaluate fits one)", workdir, weights, step)
-  return TrainedRun(os.path.abspath(workdir), config, model, variables, step, weights, temperature)
+    logging.warning("%s: no temperature stored for %s: probabilities uncalibrated (python -m "
+                    "alexnet_jax.evaluate fits one)", workdir,
+                    calibration.entry_key(weights, step, tta_radius))
+  return TrainedRun(os.path.abspath(workdir), config, model, variables, step, weights, temperature,
+                    tta_radius)

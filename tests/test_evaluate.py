@@ -116,3 +116,35 @@ def test_ensemble_is_the_mean_of_calibrated_probabilities(synthetic_run, synthet
   report = tmp_path / "ensemble"
   assert "ensemble of 2 runs" in (report / "report.md").read_text()
   assert (report / "reliability.png").stat().st_size > 0 and not (report / "learning_curves.png").exists()
+
+
+@pytest.mark.slow  # 9 views of 25,000 images, and 9 more of 10,000 for the reference
+def test_test_time_augmentation_reports_both_and_keeps_its_own_temperature(synthetic_run, synthetic_mnist,
+                                                                          tmp_path):
+  """The 9-view prediction is the mean of the probabilities of the shifted images (shifted here in NumPy),
+  the one-view accuracy beside it is training's, and its temperature is stored beside the one-view one."""
+  del synthetic_mnist
+  source, final = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  metrics = evaluate.evaluate_run(str(tmp_path), "latest", "test", with_robustness=False, tta_radius=1)
+  assert metrics["tta_views"] == 9 and metrics["count"] == 10000
+  assert metrics["accuracy_single_view"] == pytest.approx(final["test_accuracy"], abs=1e-9)
+
+  one_view = trained_run.load(str(tmp_path), "latest")
+  augmented = trained_run.load(str(tmp_path), "latest", tta_radius=1)
+  assert augmented.temperature == metrics["temperature"] != one_view.temperature
+  test = input_pipeline.load_mnist(one_view.config.data, one_view.config.eval_batch_size)["test"]
+  keep = np.asarray(test.mask) > 0
+  images, labels = np.asarray(test.images)[keep], np.asarray(test.labels)[keep]
+  logits = one_view.logits_fn()
+  padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  views = [np.asarray(logits(padded[:, 1 - dy:29 - dy, 1 - dx:29 - dx]))
+           for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+  expected = np.mean([calibration.softmax(v) for v in views], axis=0)
+  tta_logits, _ = augmented.split_logits(test, augmented.config.eval_batch_size)
+  np.testing.assert_allclose(calibration.softmax(tta_logits), expected, atol=1e-5)
+  assert metrics["accuracy"] == np.mean(tta_logits.argmax(1) == labels)
+  # Where the reference's top two classes are clearly apart, both predict the same class.
+  top2 = np.sort(expected, axis=1)[:, -2:]
+  clear = top2[:, 1] - top2[:, 0] > 1e-4
+  np.testing.assert_array_equal(tta_logits.argmax(1)[clear], expected.argmax(1)[clear])
