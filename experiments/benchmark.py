@@ -1,7 +1,7 @@
 """Reproducible multi-seed benchmark of one config:
 
   python -m experiments.benchmark --config configs/default.py [--seeds N] [--root DIR] [--jobs J]
-      [--target 0.99] [--target_metric val_accuracy] [--torch] [--config.FIELD=VALUE ...]
+      [--target 0.99] [--target_metric val_accuracy] [--torch] [--tta_radius R] [--config.FIELD=VALUE ...]
 
 1. Throughput (experiments/throughput.py): training and evaluation images/s of the project's steps after
    compilation, compile times, peak memory; with --torch, the PyTorch reference beside them.
@@ -10,6 +10,9 @@
    the target accuracy.
 3. The ensemble of the seeds' final checkpoints (alexnet_jax.evaluate over every seed's workdir: mean of
    their calibrated probabilities) on the test split, beside the per-seed figures; ROOT/ensemble_report/.
+   With --tta_radius R, each seed and the ensemble again with test-time augmentation
+   (alexnet_jax/test_time_augmentation.py), beside their one-view figures; reports in
+   ROOT/seed_S/report_ttaR/ and ROOT/ensemble_report_ttaR/.
 4. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
    params_sha256 is compared with the first run's: match or mismatch. With --reproducibility_steps=N,
    instead, the first seed's first N steps trained twice, in two processes (ROOT/reproducibility_N/a, b):
@@ -51,6 +54,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("reproducibility_steps", -1, "-1: retrain the first seed whole in a second process "
                        "and compare; N > 0: train its first N steps twice, in two processes, and compare.")
   flags.DEFINE_bool("ensemble", True, "Evaluate the ensemble of the seeds' final checkpoints.")
+  flags.DEFINE_integer("tta_radius", 0, "Also evaluate each seed (and the ensemble) with test-time "
+                       "augmentation over shifts of up to this many pixels; 0 = off.")
 
 
 def _mean_std(values: list[float | None]) -> dict[str, float | int]:
@@ -85,6 +90,43 @@ def ensemble(workdirs: list[str], report_dir: str) -> dict[str, Any]:
           "test_ece": metrics["expected_calibration_error"],
           "test_ece_uncalibrated": metrics["expected_calibration_error_uncalibrated"],
           "report_dir": report_dir}
+
+
+def test_time_augmentation(workdirs: dict[int, str], radius: int, root: str, with_ensemble: bool
+                           ) -> dict[str, Any]:
+  """Each seed's final checkpoint, and their ensemble, evaluated on the test split with test-time
+  augmentation of `radius` (see alexnet_jax/evaluate.py): accuracies with it and with one view."""
+  evaluated = {seed: evaluate.evaluate_runs([workdir], "latest", "test", with_robustness=False,
+                                            report_dir=os.path.join(workdir, f"report_tta{radius}"),
+                                            tta_radius=radius)
+               for seed, workdir in workdirs.items()}
+  per_seed = {seed: {"test_accuracy": m["accuracy"], "test_accuracy_single_view": m["accuracy_single_view"]}
+              for seed, m in evaluated.items()}
+  accuracies = [row["test_accuracy"] for row in per_seed.values()]
+  result = {"radius": radius, "views": next(iter(evaluated.values()))["tta_views"], "per_seed": per_seed,
+            "test_accuracy": {**_mean_std(accuracies), "min": min(accuracies), "max": max(accuracies)}}
+  if with_ensemble and len(workdirs) > 1:
+    metrics = evaluate.evaluate_runs(list(workdirs.values()), "latest", "test", with_robustness=False,
+                                     report_dir=os.path.join(root, f"ensemble_report_tta{radius}"),
+                                     tta_radius=radius)
+    result["ensemble"] = {"test_accuracy": metrics["accuracy"],
+                          "test_accuracy_single_view": metrics["accuracy_single_view"]}
+  return result
+
+
+def _tta_markdown(tta: dict[str, Any]) -> list[str]:
+  lines = ["", f"## Test-time augmentation: {tta['views']} views shifted by up to {tta['radius']} px", "",
+           "| seed | test accuracy, one view | with test-time augmentation |", "|---:|---:|---:|"]
+  lines += [f"| {seed} | {100 * r['test_accuracy_single_view']:.2f} | {100 * r['test_accuracy']:.2f} |"
+            for seed, r in tta["per_seed"].items()]
+  if "ensemble" in tta:
+    e = tta["ensemble"]
+    lines.append(f"| ensemble | {100 * e['test_accuracy_single_view']:.2f} | "
+                 f"{100 * e['test_accuracy']:.2f} |")
+  acc = tta["test_accuracy"]
+  lines += ["", f"Seeds with test-time augmentation: {_fmt(acc, 100, 2)}, min {100 * acc['min']:.2f}, "
+            f"max {100 * acc['max']:.2f}."]
+  return lines
 
 
 def _fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 0) -> str:
@@ -129,6 +171,8 @@ def markdown(result: dict[str, Any]) -> str:
               f"**{100 * e['test_accuracy']:.2f}%** over {e['count']:,} images; calibration error "
               f"{e['test_ece']:.4f} (raw softmax {e['test_ece_uncalibrated']:.4f}). Report: "
               f"`{e['report_dir']}`."]
+  if result.get("tta"):
+    lines += _tta_markdown(result["tta"])
   repro = result["reproducibility"]
   what = (f"Seed {result['seeds'][0]} trained twice in separate processes" if not repro.get("steps") else
           f"The first {repro['steps']} steps of seed {result['seeds'][0]} trained twice in separate "
@@ -188,6 +232,9 @@ def main(argv: list[str]) -> None:
   if FLAGS.ensemble and len(seeds) > 1:
     result["ensemble"] = ensemble([os.path.join(root, f"seed_{s}") for s in seeds],
                                   os.path.join(root, "ensemble_report"))
+  if FLAGS.tta_radius:
+    result["tta"] = test_time_augmentation({s: os.path.join(root, f"seed_{s}") for s in seeds},
+                                           FLAGS.tta_radius, root, FLAGS.ensemble)
   with open(os.path.join(root, "benchmark.json"), "w") as f:
     json.dump(result, f, indent=2)
   page = markdown(result)

@@ -55,11 +55,12 @@ def test_benchmark_seeds_aggregate_and_reproducibility(tmp_path, mnist_data_dir)
 
 
 def test_benchmark_short_reproducibility_check(tmp_path, mnist_data_dir):
-  """--reproducibility_steps=N: the first N steps of the first seed, twice, in two processes."""
+  """--reproducibility_steps=N: the first N steps of the first seed, twice, in two processes; and
+  --tta_radius: the seed evaluated with test-time augmentation beside its one-view accuracy."""
   root = tmp_path / "bench"
   completed = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--config", "configs/smoke.py", "--seeds", "1",
-       "--jobs", "2", "--root", str(root), "--nothroughput", "--reproducibility_steps", "6",
+       "--jobs", "2", "--root", str(root), "--nothroughput", "--reproducibility_steps", "6", "--tta_radius=1",
        f"--config.data.data_dir={mnist_data_dir}", "--config.num_train_steps=12",
        "--config.eval_every_steps=6", "--config.checkpoint_every_steps=6"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
@@ -70,7 +71,15 @@ def test_benchmark_short_reproducibility_check(tmp_path, mnist_data_dir):
   assert result["reproducibility"] == {"result": "match", "first": a["params_sha256"],
                                        "repeat": b["params_sha256"], "steps": 6}
   assert "ensemble" not in result and not (root / "repeat_seed_0").exists()
-  assert "The first 6 steps of seed 0 trained twice" in (root / "benchmark.md").read_text()
+  page = (root / "benchmark.md").read_text()
+  assert "The first 6 steps of seed 0 trained twice" in page
+  final = metric_logging.read_metrics(str(root / "seed_0"))[-1]
+  report = json.loads((root / "seed_0" / "report_tta1" / "metrics.json").read_text())
+  seed = result["tta"]["per_seed"]["0"]
+  assert seed["test_accuracy"] == report["accuracy"]
+  assert seed["test_accuracy_single_view"] == pytest.approx(final["test_accuracy"], abs=1e-9)
+  assert report["tta_views"] == result["tta"]["views"] == 9 and "ensemble" not in result["tta"]
+  assert "## Test-time augmentation: 9 views shifted by up to 1 px" in page
 
 
 def test_reproducibility_reports_a_mismatch():
