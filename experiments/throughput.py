@@ -79,6 +79,14 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def random_batch(run: engine.Engine, size: int, rng: np.random.Generator) -> dict[str, jax.Array]:
+  """A device-resident batch of random uint8 images and labels, laid out as the run's steps take it."""
+  return run.strategy.shard_batch({
+      "image": jax.numpy.asarray(rng.integers(0, 256, (size, *models.INPUT_SHAPE), np.uint8)),
+      "label": jax.numpy.asarray(rng.integers(0, 10, (size,), np.int32)),
+      "mask": jax.numpy.ones((size,), np.float32)})
+
+
 def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: int = 3) -> dict[str, Any]:
   """Train and eval images/s of the project's steps, after compilation, and the compile times.
 
@@ -87,14 +95,8 @@ def jax_throughput(config: ml_collections.ConfigDict, steps: int = 20, repeats: 
   run = engine.Engine(config)
   state = run.place(run.initial_state())
   rng = np.random.default_rng(0)
-
-  def batch(size: int) -> dict[str, jax.Array]:
-    return run.strategy.shard_batch({
-        "image": jax.numpy.asarray(rng.integers(0, 256, (size, *models.INPUT_SHAPE), np.uint8)),
-        "label": jax.numpy.asarray(rng.integers(0, 10, (size,), np.int32)),
-        "mask": jax.numpy.ones((size,), np.float32)})
-
-  train_batch, eval_batch = batch(config.batch_size), batch(config.eval_batch_size)
+  train_batch, eval_batch = (random_batch(run, size, rng) for size in (config.batch_size,
+                                                                      config.eval_batch_size))
   step_rng = run.rngs.train
   train_fn, eval_fn = run.train_fn, run.eval_fn
 
