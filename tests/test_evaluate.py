@@ -51,6 +51,11 @@ def test_missing_checkpoint_is_named(finished_run):
     evaluate.evaluate_run(str(finished_run), "7", "test", with_robustness=False)
 
 
+def test_a_negative_tta_radius_is_named(synthetic_run):
+  with pytest.raises(checkpointing.CheckpointError, match="--tta_radius=-1"):
+    trained_run.load(str(synthetic_run[0]), "latest", tta_radius=-1)
+
+
 @pytest.mark.slow  # a whole extra run
 def test_best_of_a_run_without_validation_is_a_clear_error(synthetic_config, tmp_path):
   synthetic_config.data.validation_size = 0
