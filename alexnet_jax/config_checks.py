@@ -52,6 +52,7 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   _check_choice(config, "model.activation", models.ACTIVATIONS)
   _check_choice(config, "model.pooling", models.POOLINGS)
   _check_choice(config, "model.normalization", models.NORMALIZATIONS)
+  _check_choice(config, "model.batch_norm_impl", models.BATCH_NORM_IMPLS)
   _check_choice(config, "model.dtype", models.DTYPE_CHOICES)
   _check_choice(config, "model.conv_impl", cpu_kernels.CONV_IMPLS)
   _check_conv_impl_available(config.model.conv_impl)

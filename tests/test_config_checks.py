@@ -25,6 +25,7 @@ def test_shipped_configs_are_valid(get_config):
     ("model.activation", "gelu"),
     ("model.pooling", "avg"),
     ("model.normalization", "layernorm"),
+    ("model.batch_norm_impl", "fused"),
     ("model.dtype", "float16"),
     ("model.conv_impl", "cudnn"),
     ("model.dropout_rate", 1.0),

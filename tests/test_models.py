@@ -1,5 +1,8 @@
 """Shapes, parameter counts and knobs of both AlexNet variants."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -138,3 +141,100 @@ def test_bfloat16_on_the_onednn_path_keeps_float32_activations():
   xla_model = models.AlexNet(dtype=jnp.bfloat16)
   xla_state = xla_model.apply(variables, x, train=False, mutable=["intermediates"])[1]
   assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(xla_state["intermediates"]))
+
+
+def _folded_and_flax(x, train, **kwargs):
+  """(output, updated statistics) of FoldedBatchNorm and of Flax's BatchNorm on the same variables."""
+  flax_bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, **kwargs)
+  variables = flax_bn.init(jax.random.key(0), x)
+  # Non-trivial parameters and running statistics, shared by both.
+  keys = jax.random.split(jax.random.key(1), 4)
+  channels = x.shape[-1]
+  variables = {"params": {"scale": 1 + 0.3 * jax.random.normal(keys[0], (channels,)),
+                          "bias": jax.random.normal(keys[1], (channels,))},
+               "batch_stats": {"mean": jax.random.normal(keys[2], (channels,)),
+                               "var": jnp.exp(jax.random.normal(keys[3], (channels,)))}}
+  folded = models.FoldedBatchNorm(use_running_average=not train, momentum=0.9, **kwargs)
+  results = []
+  for module in (folded, flax_bn):
+    y, updates = module.apply(variables, x, mutable=["batch_stats"])
+    results.append((y, updates["batch_stats"], variables))
+  return results
+
+
+def _rounding_bound(x, variables, stats):
+  """Both forms round each of their <= 4 operations once, on terms no larger than |x a| + |mean a| + |bias|:
+  |difference| <= 8 float32 epsilons of that sum, elementwise."""
+  mean, var = stats["mean"], stats["var"]
+  a = variables["params"]["scale"] * jax.lax.rsqrt(var + 1e-5)
+  scale_of_terms = jnp.abs(x * a) + jnp.abs(mean * a) + jnp.abs(variables["params"]["bias"])
+  return 8 * jnp.finfo(jnp.float32).eps * scale_of_terms
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_folded_batch_norm_is_flax_batch_norm_up_to_rounding(train):
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(2), (16, 5, 5, 8))
+  (y_folded, stats_folded, variables), (y_flax, stats_flax, _) = _folded_and_flax(x, train)
+  # The statistics are computed exactly as Flax computes them: the same bits.
+  for name in ("mean", "var"):
+    assert jnp.array_equal(stats_folded[name], stats_flax[name]), name
+  if train:
+    stats = {"mean": x.mean((0, 1, 2)), "var": jnp.maximum(0.0, (x * x).mean((0, 1, 2)) -
+                                                            x.mean((0, 1, 2)) ** 2)}
+    assert not jnp.array_equal(stats_flax["mean"], variables["batch_stats"]["mean"])  # updated
+  else:
+    stats = variables["batch_stats"]
+  difference = jnp.abs(y_folded - y_flax)
+  assert jnp.all(difference <= _rounding_bound(x, variables, stats))
+
+
+def test_folded_batch_norm_has_flax_batch_norms_variables_and_gradients():
+  x = jax.random.normal(jax.random.key(3), (8, 4, 4, 6))
+  folded = models.FoldedBatchNorm(momentum=0.9)
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+  shapes = [jax.tree.map(jnp.shape, m.init(jax.random.key(0), x)) for m in (folded, flax_bn)]
+  assert shapes[0] == shapes[1]
+  variables = flax_bn.init(jax.random.key(0), x)
+
+  def loss(module, params, x):
+    y, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y))
+
+  grads = [jax.grad(functools.partial(loss, m), argnums=(0, 1))(variables["params"], x)
+           for m in (folded, flax_bn)]
+  # Gradients of a normalised sum of sines: entries of order 1, computed by two orderings of float32
+  # arithmetic over 96 elements per channel: agreement to 1e-4 absolute.
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+    assert jnp.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_model_takes_the_folded_batch_norm_by_config():
+  config = default.get_config()
+  config.model.conv_impl = "xla"
+  config.model.batch_norm_impl = "folded"
+  model = models.create_model(config.model)
+  assert model.batch_norm_impl == "folded"
+  variables = _init(model)
+  flax_model = models.create_model(default.get_config().model)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, _init(flax_model))
+  del config.model["batch_norm_impl"]  # an older run's config
+  assert models.create_model(config.model).batch_norm_impl == "flax"
+
+
+def test_folded_batch_norm_averages_statistics_over_the_device_axis_as_flax_does():
+  """Under pmap the statistics are averaged over devices; vmap runs the same collective over its axis."""
+  shards = 1.0 + jax.random.normal(jax.random.key(4), (2, 4, 3, 3, 5))
+  variables = nn.BatchNorm(use_running_average=False).init(jax.random.key(0), shards[0])
+  outputs = []
+  for module in (models.FoldedBatchNorm(momentum=0.9, axis_name="devices"),
+                 nn.BatchNorm(use_running_average=False, momentum=0.9, axis_name="devices")):
+    apply = jax.vmap(lambda x, m=module: m.apply(variables, x, mutable=["batch_stats"]), axis_name="devices")
+    outputs.append(apply(shards))
+  (y_folded, stats_folded), (y_flax, stats_flax) = outputs
+  whole = nn.BatchNorm(use_running_average=False, momentum=0.9)
+  _, stats_whole = whole.apply(variables, shards.reshape(8, 3, 3, 5), mutable=["batch_stats"])
+  for name in ("mean", "var"):
+    assert jnp.array_equal(stats_folded["batch_stats"][name], stats_flax["batch_stats"][name])
+    # Both shards hold the statistics of the whole batch (to rounding of the two-level mean).
+    assert jnp.allclose(stats_folded["batch_stats"][name][0], stats_whole["batch_stats"][name], atol=1e-6)
+  assert jnp.allclose(y_folded, y_flax, atol=1e-5)
