@@ -185,6 +185,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.tta_radius < 0:  # refused before hours of training, not after
+    sys.exit(f"error: --tta_radius={FLAGS.tta_radius}: expected 0 (off) or more pixels")
   config_path = flags.FLAGS["config"].config_filename
   overrides = runs.split_config_arguments(sys.argv)[0]
   root = os.path.abspath(FLAGS.root)

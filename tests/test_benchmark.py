@@ -82,6 +82,16 @@ def test_benchmark_short_reproducibility_check(tmp_path, mnist_data_dir):
   assert "## Test-time augmentation: 9 views shifted by up to 1 px" in page
 
 
+def test_a_negative_tta_radius_is_refused_before_any_training(tmp_path):
+  completed = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--config", "configs/smoke.py", "--seeds", "1",
+       "--root", str(tmp_path / "bench"), "--nothroughput", "--tta_radius=-1"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert completed.returncode != 0
+  assert "--tta_radius=-1: expected 0 (off) or more pixels" in completed.stderr
+  assert not (tmp_path / "bench").exists()
+
+
 def test_reproducibility_reports_a_mismatch():
   assert benchmark.reproducibility({"params_sha256": "a"}, {"params_sha256": "b"})["result"] == "mismatch"
 
