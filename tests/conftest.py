@@ -9,18 +9,43 @@ replaced by in-memory synthetic digits of MNIST's split sizes, everything after 
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pathlib
 import re
+import shutil
 import socket
+import tempfile
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
 from alexnet_jax import input_pipeline, metric_logging, train
 from configs import default, smoke
+
+# --- One XLA compilation cache for the whole session --------------------------------------------------
+# About thirty tests start a training process on the same small configs, and each would compile the same
+# programs again (about 6 of a smoke run's 21 s on a 2-core CPU). JAX's persistent cache, in a folder
+# that lives as long as this session, lets every process after the first load them instead; the results
+# are the same bits (a deserialised executable is the same machine code). The tests whose point is that
+# an independent process reproduces a run start theirs without it (`without_compilation_cache`).
+COMPILATION_CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="alexnet_jax_test_xla_cache_"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # default 1 s: most programs here compile faster
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+atexit.register(shutil.rmtree, COMPILATION_CACHE_ENV["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.update(COMPILATION_CACHE_ENV)  # inherited by every subprocess the tests start
+for _name, _value in COMPILATION_CACHE_ENV.items():  # this process imported JAX before reading them
+  jax.config.update(_name.lower(), int(_value) if _value == "0" else _value)
+
+
+def without_compilation_cache(env: dict[str, str] | None = None) -> dict[str, str]:
+  """`env` (default: this process's) for a subprocess that compiles everything itself."""
+  return {k: v for k, v in (os.environ if env is None else env).items() if k not in COMPILATION_CACHE_ENV}
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_FILES = input_pipeline.MNIST_FILES

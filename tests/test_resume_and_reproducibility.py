@@ -14,7 +14,7 @@ import time
 import pytest
 
 from alexnet_jax import metric_logging, train
-from tests.conftest import REPO_ROOT, saved_steps
+from tests.conftest import REPO_ROOT, saved_steps, without_compilation_cache
 
 pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files
 
@@ -28,11 +28,13 @@ def _command(workdir, data_dir, *extra):
           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *OVERRIDES, *extra]
 
 
-def _run(workdir, data_dir, *extra, convolutions: str = "onednn") -> str:
+def _run(workdir, data_dir, *extra, convolutions: str = "onednn", independent: bool = False) -> str:
   """`convolutions`: the implementation the run must report (the smoke config's `auto` is oneDNN here:
-  its extension builds on every x86-64 Linux with g++, which CI installs)."""
+  its extension builds on every x86-64 Linux with g++, which CI installs). `independent`: the process
+  compiles every program itself instead of loading the session's cached ones (conftest.py)."""
+  env = without_compilation_cache() if independent else None
   result = subprocess.run(_command(workdir, data_dir, *extra), cwd=REPO_ROOT, capture_output=True,
-                          check=False, text=True, timeout=600)
+                          check=False, text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"convolutions by {convolutions}" in result.stderr
   return _fingerprint(workdir)
@@ -63,16 +65,17 @@ def _start_and_interrupt(workdir, data_dir, sig, after_step) -> tuple[int, str]:
 def reference(tmp_path_factory, mnist_data_dir) -> tuple[pathlib.Path, str]:
   """One uninterrupted run: its workdir and params_sha256."""
   workdir = tmp_path_factory.mktemp("reference") / "run"
-  return workdir, _run(workdir, mnist_data_dir)
+  return workdir, _run(workdir, mnist_data_dir, independent=True)
 
 
 def test_same_seed_same_bits_in_another_process(reference, tmp_path, mnist_data_dir):
   _, expected = reference
-  assert _run(tmp_path / "again", mnist_data_dir) == expected
+  assert _run(tmp_path / "again", mnist_data_dir, independent=True) == expected
 
 
 def test_same_seed_same_bits_with_xlas_convolutions(tmp_path, mnist_data_dir):
-  runs = [_run(tmp_path / name, mnist_data_dir, "--config.model.conv_impl=xla", convolutions="xla")
+  runs = [_run(tmp_path / name, mnist_data_dir, "--config.model.conv_impl=xla", convolutions="xla",
+                  independent=True)
           for name in ("first", "second")]
   assert runs[0] == runs[1] and runs[0] is not None
 
