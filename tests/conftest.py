@@ -43,9 +43,9 @@ for _name, _value in COMPILATION_CACHE_ENV.items():  # this process imported JAX
   jax.config.update(_name.lower(), int(_value) if _value == "0" else _value)
 
 
-def without_compilation_cache(env: dict[str, str] | None = None) -> dict[str, str]:
-  """`env` (default: this process's) for a subprocess that compiles everything itself."""
-  return {k: v for k, v in (os.environ if env is None else env).items() if k not in COMPILATION_CACHE_ENV}
+def without_compilation_cache() -> dict[str, str]:
+  """This process's environment for a subprocess that compiles everything itself."""
+  return {k: v for k, v in os.environ.items() if k not in COMPILATION_CACHE_ENV}
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_FILES = input_pipeline.MNIST_FILES
