@@ -32,15 +32,18 @@ from configs import default, smoke
 # that lives as long as this session, lets every process after the first load them instead; the results
 # are the same bits (a deserialised executable is the same machine code). The tests whose point is that
 # an independent process reproduces a run start theirs without it (`without_compilation_cache`).
+_CACHE_DIR = tempfile.mkdtemp(prefix="alexnet_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 COMPILATION_CACHE_ENV = {
-    "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="alexnet_jax_test_xla_cache_"),
+    "JAX_COMPILATION_CACHE_DIR": _CACHE_DIR,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # default 1 s: most programs here compile faster
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
-atexit.register(shutil.rmtree, COMPILATION_CACHE_ENV["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.update(COMPILATION_CACHE_ENV)  # inherited by every subprocess the tests start
-for _name, _value in COMPILATION_CACHE_ENV.items():  # this process imported JAX before reading them
-  jax.config.update(_name.lower(), int(_value) if _value == "0" else _value)
+# This process imported JAX before these were set: the same settings through its config.
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def without_compilation_cache() -> dict[str, str]:
