@@ -441,7 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # The run's model (the moving average when there is one) gets the plain names; raw_ otherwise.
         record.update({f"{prefix}_{k}": v for k, v in
                        run.evaluate(state, splits[name], use_ema=run.uses_ema).items()})
-        if run.uses_ema:
+        if run.uses_ema and (step == total_steps or config.get("eval_raw_during_training", True)):
           record.update({f"raw_{prefix}_{k}": v for k, v in run.evaluate(state, splits[name]).items()
                          if k != "count"})
     save(state, record.get("val_accuracy"))

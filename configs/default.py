@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps_per_dispatch = 1
   config.eval_every_steps = -1  # -1: once per epoch
   config.eval_test_during_training = False  # the test split is evaluated at the end in any case
+  # With ema_decay > 0: also evaluate the raw weights at every evaluation, not only at the end (where they
+  # always are): off, each epoch's validation costs half as much, about 35 s of a default run.
+  config.eval_raw_during_training = False
   config.checkpoint_every_steps = 500
   config.keep_latest_checkpoints = 2  # >= 2 so that a corrupt latest has a fallback
   config.log_every_steps = 50

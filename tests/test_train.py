@@ -217,11 +217,15 @@ def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, syntheti
 
 @pytest.mark.slow  # a whole extra run
 def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp_path):
-  """With ema_decay > 0 the plain metric names are the moving average's, raw_ ones the weights'; the best
-  checkpoint is ranked by the average; trained_run loads it by default and calibration is stored for it."""
+  """With ema_decay > 0 the plain metric names are the moving average's, raw_ ones the weights' (at the end
+  only, as eval_raw_during_training is off); the best checkpoint is ranked by the average; trained_run
+  loads it by default and calibration is stored for it."""
   synthetic_config.ema_decay = 0.9
+  assert not synthetic_config.eval_raw_during_training
   final = train.train_and_evaluate(synthetic_config, str(tmp_path))
   assert {"val_accuracy", "raw_val_accuracy", "test_accuracy", "raw_test_accuracy"} <= set(final)
+  evaluations = [r for r in metric_logging.read_metrics(str(tmp_path)) if "val_accuracy" in r]
+  assert [(r["step"], "raw_val_accuracy" in r) for r in evaluations] == [(4, False), (8, True)]
   assert final["val_count"] == 5000 and final["test_count"] == 10000
   # The temperature minimises validation NLL over a range holding T = 1, so validation can only gain (up
   # to rounding); the test split of an 8-step synthetic run has no such guarantee and is only reported.
