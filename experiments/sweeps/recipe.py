@@ -39,6 +39,11 @@ VARIANTS = {
     # validation at 10 epochs, so the gentler direction.
     "epochs_10_batchnorm_affine_half": {**_TEN_BN, "data.max_translate": 1.0, "data.max_rotate": 5.0,
                                         "data.max_scale": 0.05},
+    # The optimizer and its weight decay, untested at 10 epochs with batch norm: SGD with Nesterov momentum
+    # (the default config's form; L2 5e-4, the paper's) at a peak of 0.1, usual with batch norm; and AdamW
+    # with ten times the default's decoupled decay.
+    "epochs_10_batchnorm_sgd": {**_TEN_BN, "optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 5e-4},
+    "epochs_10_batchnorm_weight_decay_0.5": {**_TEN_BN, "weight_decay": 0.5},
     "epochs_11_batchnorm": {**_TEN_BN, "num_epochs": 11},  # ~1,800-1,900 s here: past the budget
     # Robustness to other pens and focus: the 8-epoch runs read blurred and thinned digits worst.
     "epochs_8_blur_2": {**_EIGHT, "data.max_blur_sigma": 2.0},
