@@ -191,11 +191,14 @@ def test_repeated_calls_give_the_same_bits():
 
 
 @pytest.mark.parametrize("window", [(3, 3), (2, 2)])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_max_pool_matches_flax_exactly_with_ties(window, dtype):
+@pytest.mark.parametrize(("dtype", "size"), [(jnp.float32, (13, 13)), (jnp.bfloat16, (13, 13)),
+                                             (jnp.float32, (8, 11))], ids=["f32", "bf16", "f32-8x11"])
+def test_max_pool_matches_flax_exactly_with_ties(window, dtype, size):
   """After a ReLU many windows tie at zero: each window's gradient must go to its first maximum, as XLA's
-  select_and_scatter does. Small-integer cotangents keep every sum exact, so equality is exact."""
-  x = nn.relu(jax.random.normal(jax.random.key(0), (4, 13, 13, 8))).astype(dtype)
+  select_and_scatter does. Small-integer cotangents keep every sum exact, so equality is exact. The forward
+  (strided slices, not reduce_window) must give the same values, also where a window does not fit at the
+  edge (odd and non-square sizes)."""
+  x = nn.relu(jax.random.normal(jax.random.key(0), (4, *size, 8))).astype(dtype)
   x = jnp.round(x * 2) / 2  # more ties among positive values too
   reference = functools.partial(nn.max_pool, window_shape=window, strides=(2, 2), padding="VALID")
   fast = functools.partial(cpu_kernels.max_pool, window=window, strides=(2, 2))
