@@ -228,18 +228,15 @@ def conv_general_dilated(  # noqa: PLR0917 - lax.conv_general_dilated's own sign
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
   """`nn.max_pool(x, window, strides, padding="VALID")` on NHWC, with a fused elementwise backward."""
   y = None
-  for _, _, candidate in _window_offsets(x, window, strides, _pooled_size(x.shape, window, strides)):
+  for _, _, candidate in _window_offsets(x, window, strides):
     y = candidate if y is None else jnp.maximum(y, candidate)
   return y
 
 
-def _pooled_size(shape, window, strides) -> tuple[int, int]:
-  return tuple((n - w) // s + 1 for n, w, s in zip(shape[1:3], window, strides, strict=True))
-
-
-def _window_offsets(x, window, strides, pooled_size):
+def _window_offsets(x, window, strides):
   """(i, j, what offset (i, j) of every window reads: a strided slice of x), in row-major offset order."""
-  (sh, sw), (oh, ow) = strides, pooled_size
+  sh, sw = strides
+  oh, ow = ((n - w) // s + 1 for n, w, s in zip(x.shape[1:3], window, strides, strict=True))
   for i, j in itertools.product(range(window[0]), range(window[1])):
     yield i, j, lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1,
                                             x.shape[3]), (1, sh, sw, 1))
@@ -257,7 +254,7 @@ def _max_pool_backward(window, strides, residuals, dy):
   (sh, sw), (oh, ow) = strides, y.shape[1:3]
   dx = jnp.zeros_like(x)
   taken = jnp.zeros(y.shape, bool)
-  for i, j, candidate in _window_offsets(x, window, strides, (oh, ow)):
+  for i, j, candidate in _window_offsets(x, window, strides):
     chosen = (candidate == y) & ~taken
     taken = taken | chosen
     # Scatter back onto the input grid: stride-spaced positions starting at offset (i, j).
