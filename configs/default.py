@@ -86,7 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # -1: once per epoch
   config.eval_test_during_training = False  # the test split is evaluated at the end in any case
   # With ema_decay > 0: also evaluate the raw weights at every evaluation, not only at the end (where they
-  # always are): off, each epoch's validation costs half as much, about 30 s of a default run.
+  # always are): off, each epoch's validation costs half as much: about 30 s of a default run (nine passes of
+  # 5,000 images at the ~1,450 images/s that evaluation runs at on a 2-core AMD EPYC).
   config.eval_raw_during_training = False
   config.checkpoint_every_steps = 500
   config.keep_latest_checkpoints = 2  # >= 2 so that a corrupt latest has a fallback
