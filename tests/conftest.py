@@ -26,24 +26,82 @@ import pytest
 from alexnet_jax import input_pipeline, metric_logging, train
 from configs import default, smoke
 
-# --- One XLA compilation cache for the whole session --------------------------------------------------
+# --- XLA compilation cache, kept between sessions ----------------------------------------------------
 # About thirty tests start a training process on the same small configs, and each would compile the same
-# programs again (about 6 of a smoke run's 21 s on a 2-core CPU). JAX's persistent cache, in a folder
-# that lives as long as this session, lets every process after the first load them instead; the results
-# are the same bits (a deserialised executable is the same machine code). The tests whose point is that
-# an independent process reproduces a run start theirs without it (`without_compilation_cache`).
-_CACHE_DIR = tempfile.mkdtemp(prefix="alexnet_jax_test_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-COMPILATION_CACHE_ENV = {
-    "JAX_COMPILATION_CACHE_DIR": _CACHE_DIR,
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # default 1 s: most programs here compile faster
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-}
-os.environ.update(COMPILATION_CACHE_ENV)  # inherited by every subprocess the tests start
-# This process imported JAX before these were set: the same settings through its config.
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# programs again (about 6 of a smoke run's 21 s on a 2-core CPU); the fast tier reruns all of them each
+# time it is run. JAX's persistent cache lets every process after the first load them instead; the
+# results are the same bits (a deserialised executable is the same machine code). JAX's key covers the
+# program, the compile options, the backend and the jax/jaxlib versions, so an entry is never reused for
+# another program, and the cache is kept in pytest's own cache folder (git-ignored; `pytest --cache-clear`
+# empties it): a second run of the tier loads what the first compiled.
+# JAX writes an entry in place, so a folder written by two xdist workers at once could hand one of them a
+# half-written entry; and its size cap, which would lock the folder, rescans the folder on every write
+# (about a minute of system time in a cold fast tier). So each process (an xdist worker with the
+# subprocesses it starts, or a lone pytest) compiles into a folder of its own, first filled with hard links
+# to the shared store's entries; when the session ends, the controlling process links the new entries
+# into the store, which no one writes during a session. A store past _CACHE_MAX_BYTES is emptied when a
+# session starts. Without pytest's cache (`-p no:cacheprovider`) the folder is temporary. The tests whose
+# point is that an independent process reproduces a run start theirs without it
+# (`without_compilation_cache`).
+_CACHE_STORE = "xla_compilation_cache"
+_CACHE_MAX_BYTES = 1 << 30
+COMPILATION_CACHE_ENV: dict[str, str] = {}
+
+
+def _link_missing_entries(source: pathlib.Path, target: pathlib.Path) -> None:
+  for entry in source.iterdir():
+    if not (target / entry.name).exists():
+      try:
+        os.link(entry, target / entry.name)
+      except OSError:  # a file system without hard links
+        shutil.copy2(entry, target / entry.name)
+
+
+def _is_controller(config: pytest.Config) -> bool:
+  return not hasattr(config, "workerinput")  # xdist gives its workers a `workerinput`
+
+
+def _process_cache_dir(config: pytest.Config) -> str:
+  cache = getattr(config, "cache", None)
+  if cache is None:
+    path = tempfile.mkdtemp(prefix="alexnet_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+  store = cache.mkdir(_CACHE_STORE)
+  if _is_controller(config) and sum(f.stat().st_size for f in store.iterdir()) > _CACHE_MAX_BYTES:
+    for folder in store.parent.glob(f"{_CACHE_STORE}*"):
+      shutil.rmtree(folder)
+    store = cache.mkdir(_CACHE_STORE)
+  own = cache.mkdir(f"{_CACHE_STORE}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+  _link_missing_entries(store, own)
+  return str(own)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  cache_dir = _process_cache_dir(config)
+  COMPILATION_CACHE_ENV.update({
+      "JAX_COMPILATION_CACHE_DIR": cache_dir,
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # default 1 s: most programs here compile faster
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+      # By default JAX puts a GPU autotuning folder inside the cache folder into every program's compile
+      # options, which are part of the key: each process's folder would then key its own entries apart.
+      "JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES": "none",
+  })
+  os.environ.update(COMPILATION_CACHE_ENV)  # inherited by every subprocess the tests start
+  # This process imported JAX before these were set: the same settings through its config.
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  cache = getattr(config, "cache", None)
+  if cache is None or not _is_controller(config):
+    return
+  store = cache.mkdir(_CACHE_STORE)
+  for own in store.parent.glob(f"{_CACHE_STORE}_*"):
+    _link_missing_entries(own, store)
 
 
 def without_compilation_cache() -> dict[str, str]:
