@@ -34,12 +34,13 @@ from configs import default, smoke
 # program, the compile options, the backend and the jax/jaxlib versions, so an entry is never reused for
 # another program, and the cache is kept in pytest's own cache folder (git-ignored; `pytest --cache-clear`
 # empties it): a second run of the tier loads what the first compiled.
-# JAX writes an entry in place, so a folder written by two xdist workers at once could hand one of them a
+# JAX writes an entry in place, so a folder written by two processes at once could hand one of them a
 # half-written entry; and its size cap, which would lock the folder, rescans the folder on every write
-# (about a minute of system time in a cold fast tier). So each process (an xdist worker with the
-# subprocesses it starts, or a lone pytest) compiles into a folder of its own, first filled with hard links
-# to the shared store's entries; when the session ends, the controlling process links the new entries
-# into the store, which no one writes during a session. A store past _CACHE_MAX_BYTES is emptied when a
+# (about a minute of system time in a cold fast tier). So each process of a session (an xdist worker with
+# the subprocesses it starts, or a lone pytest) compiles into a folder of its own, first filled with hard
+# links to the shared store's entries; when the session ends, its controlling process links the new
+# entries into the store (a link appears whole or not at all) and removes the session's folders. Two
+# sessions at once in one checkout never share a folder. A store past _CACHE_MAX_BYTES is emptied when a
 # session starts. Without pytest's cache (`-p no:cacheprovider`) the folder is temporary. The tests whose
 # point is that an independent process reproduces a run start theirs without it
 # (`without_compilation_cache`).
@@ -53,12 +54,32 @@ def _link_missing_entries(source: pathlib.Path, target: pathlib.Path) -> None:
     if not (target / entry.name).exists():
       try:
         os.link(entry, target / entry.name)
+      except FileExistsError:  # another session linked the same entry a moment ago
+        pass
       except OSError:  # a file system without hard links
         shutil.copy2(entry, target / entry.name)
 
 
 def _is_controller(config: pytest.Config) -> bool:
   return not hasattr(config, "workerinput")  # xdist gives its workers a `workerinput`
+
+
+def _session_prefix() -> str:
+  # The controlling process names the session after its pid; xdist workers inherit the name through the
+  # environment.
+  return f"{_CACHE_STORE}_{os.environ.setdefault('ALEXNET_JAX_TEST_SESSION', str(os.getpid()))}_"
+
+
+def _remove_dead_sessions_folders(store: pathlib.Path) -> None:
+  """Folders of sessions that were killed before they could merge them (their entries may be torn)."""
+  for folder in store.parent.glob(f"{_CACHE_STORE}_*_*"):
+    pid = int(folder.name.split("_")[-2])
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      shutil.rmtree(folder, ignore_errors=True)
+    except PermissionError:  # alive, another user's
+      pass
 
 
 def _process_cache_dir(config: pytest.Config) -> str:
@@ -68,11 +89,12 @@ def _process_cache_dir(config: pytest.Config) -> str:
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
   store = cache.mkdir(_CACHE_STORE)
-  if _is_controller(config) and sum(f.stat().st_size for f in store.iterdir()) > _CACHE_MAX_BYTES:
-    for folder in store.parent.glob(f"{_CACHE_STORE}*"):
-      shutil.rmtree(folder)
-    store = cache.mkdir(_CACHE_STORE)
-  own = cache.mkdir(f"{_CACHE_STORE}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+  if _is_controller(config):
+    _remove_dead_sessions_folders(store)
+    if sum(f.stat().st_size for f in store.iterdir()) > _CACHE_MAX_BYTES:
+      shutil.rmtree(store)
+      store = cache.mkdir(_CACHE_STORE)
+  own = cache.mkdir(_session_prefix() + os.environ.get("PYTEST_XDIST_WORKER", "main"))
   _link_missing_entries(store, own)
   return str(own)
 
@@ -100,8 +122,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
   if cache is None or not _is_controller(config):
     return
   store = cache.mkdir(_CACHE_STORE)
-  for own in store.parent.glob(f"{_CACHE_STORE}_*"):
+  for own in store.parent.glob(_session_prefix() + "*"):
     _link_missing_entries(own, store)
+    shutil.rmtree(own, ignore_errors=True)
 
 
 def without_compilation_cache() -> dict[str, str]:
