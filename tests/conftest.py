@@ -1,9 +1,9 @@
 """Shared fixtures and helpers.
 
-Two tiers: `pytest -m "not slow"` (aimed at two minutes) and the whole suite. A test is `slow` when it needs
-the real MNIST files (any test using the `mnist_data_dir` fixture is marked so automatically, below),
-starts subprocesses, or costs a whole extra training or more than the fast tier's budget allows (marked
-where it is defined). The fast tier trains on `synthetic_mnist`: TFDS's reading
+Two tiers: `pytest -m "not slow"` (under two minutes once its programs are compiled) and the whole
+suite. A test is `slow` when it needs the real MNIST files (any test using the `mnist_data_dir` fixture is
+marked so automatically, below), starts subprocesses, or costs a whole extra training or more than the fast
+tier's budget allows (marked where it is defined). The fast tier trains on `synthetic_mnist`: TFDS's reading
 replaced by in-memory synthetic digits of MNIST's split sizes, everything after it the real code.
 """
 
