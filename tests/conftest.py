@@ -70,16 +70,23 @@ def _session_prefix() -> str:
   return f"{_CACHE_STORE}_{os.environ.setdefault('ALEXNET_JAX_TEST_SESSION', str(os.getpid()))}_"
 
 
+def _is_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's
+    return True
+  return True
+
+
 def _remove_dead_sessions_folders(store: pathlib.Path) -> None:
-  """Folders of sessions that were killed before they could merge them (their entries may be torn)."""
+  """Folders of sessions that were killed before they could merge them (their entries may be torn); one
+  named for this process's own pid is a dead session's too, as this session has not made its folders yet."""
   for folder in store.parent.glob(f"{_CACHE_STORE}_*_*"):
     pid = int(folder.name.split("_")[-2])
-    try:
-      os.kill(pid, 0)
-    except ProcessLookupError:
+    if pid == os.getpid() or not _is_alive(pid):
       shutil.rmtree(folder, ignore_errors=True)
-    except PermissionError:  # alive, another user's
-      pass
 
 
 def _process_cache_dir(config: pytest.Config) -> str:
