@@ -75,8 +75,8 @@ def _is_alive(pid: int) -> bool:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:  # another user's
-    return True
+  except PermissionError:  # alive, another user's
+    pass
   return True
 
 
