@@ -147,10 +147,10 @@ class Engine:
   def advance(self, state: train.TrainState, step: int, num_steps: int
               ) -> tuple[train.TrainState, list[dict[str, jax.Array]]]:
     """Trains `num_steps` steps from `step`; returns the state and each dispatch's metrics, without
-    waiting for the device."""
+    waiting for the last dispatches (parallel.DispatchWindow says why it waits for earlier ones)."""
     if not self._train_shards:
       raise RuntimeError("no training data: call load_data() or use_training_data() first")
-    all_metrics = []
+    all_metrics, window = [], parallel.DispatchWindow()
     for first, length in self._dispatches(step, step + num_steps):
       if self.config.steps_per_dispatch > 1:
         state, metrics = self._multi_step(length)(state, self._train_shards[0], first,
@@ -158,7 +158,7 @@ class Engine:
       else:
         state, metrics = self.train_fn(state, self.strategy.shard_batch(self._batch(first)),
                                        self.rngs.train)
-      all_metrics.append(metrics)
+      all_metrics.append(window(metrics))
     return state, all_metrics
 
   def _batch(self, step: int) -> dict[str, jax.Array]:

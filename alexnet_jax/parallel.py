@@ -15,6 +15,7 @@ Checkpoints always hold the plain (unreplicated) state, so either strategy resum
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,34 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 STRATEGIES = ("jit", "pmap")
+
+
+class DispatchWindow:
+  """Lets a loop run at most `depth` iterations ahead of the devices: each call hands back what it is
+  given, after waiting for what it was given `depth` calls before.
+
+  Why not let JAX's asynchronous dispatch run free: XLA's CPU client runs every local device's programs
+  on one thread pool and holds at most 32 programs in flight per device. With several CPU devices in one
+  process (`--xla_force_host_platform_device_count`), programs with collectives dispatched past that
+  depth deadlock in the pool, and XLA aborts the process a minute later ("Termination timeout for `all
+  reduce ...`"). Measured with 4 simulated devices (jaxlib 0.10.2, 2-core AMD EPYC): a jitted step with an
+  all-reduce, chained through its state, ran when dispatched 33 times without waiting and aborted at 40;
+  independent ones ran with 32 in flight and aborted with 33. A loop iteration here dispatches up to about
+  7 programs (batch slices, the step, the sums), so two iterations stay well inside the limit, while a
+  GPU or TPU still has the next step queued when it finishes one.
+  """
+
+  def __init__(self, depth: int = 2):
+    if depth < 1:
+      raise ValueError(f"depth must be >= 1, got {depth}")
+    self._pending: collections.deque = collections.deque()
+    self._depth = depth
+
+  def __call__(self, outputs: Any) -> Any:
+    self._pending.append(outputs)
+    if len(self._pending) > self._depth:
+      jax.block_until_ready(self._pending.popleft())
+    return outputs
 
 
 def create_mesh(devices: list | None = None) -> Mesh:

@@ -39,6 +39,7 @@ from alexnet_jax import (
     input_pipeline,
     metric_logging,
     models,
+    parallel,
     trained_run,
 )
 
@@ -260,10 +261,10 @@ def all_finite(tree: Any) -> jax.Array:
 def evaluate_sums(eval_fn, state: TrainState, split: input_pipeline.Split, batch_size: int
                   ) -> dict[str, jax.Array]:
   """`eval_step`'s sums over every batch of a split (the last one padded and masked, never dropped)."""
-  totals = None
+  totals, window = None, parallel.DispatchWindow()
   for batch in input_pipeline.eval_batches(split, batch_size):
     sums = eval_fn(state, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = window(sums if totals is None else jax.tree.map(jnp.add, totals, sums))
   return totals
 
 
