@@ -47,8 +47,6 @@ STRATEGIES = (f"jit{DEVICES}", f"pmap{DEVICES}")
 BUGS = {f"pmap{DEVICES}_no_pmean": "none", f"jit{DEVICES}_same_shard": "none",
         f"pmap{DEVICES}_same_shard": "none", f"pmap{DEVICES}_local_batch_stats": "batchnorm"}
 
-
-
 # XLA ends a process whose collective has waited 60 s for one of its devices (20 s, then 40 more). The
 # agreement worker was ended so once in CI (2 cores shared with another test worker); whether a device
 # fell behind or was stuck could not be told (not reproduced here with three workers at once). With
