@@ -95,7 +95,6 @@ def disagreements(results, normalization: str, name: str, steps: int) -> list[st
   return found
 
 
-@pytest.mark.slow
 def test_all_strategies_start_from_the_same_state(agreement):
   for normalization in CONSECUTIVE_STEPS:
     expected = _leaves(agreement, f"{normalization}/one/state/0/")
@@ -104,7 +103,6 @@ def test_all_strategies_start_from_the_same_state(agreement):
       assert all(np.array_equal(actual[k], v) for k, v in expected.items()), name
 
 
-@pytest.mark.slow
 def test_every_strategy_convolves_through_onednn(agreement):
   """The smoke config's `auto` on x86-64 Linux: the custom call, per shard under jit over the mesh."""
   for normalization in CONSECUTIVE_STEPS:
@@ -112,14 +110,12 @@ def test_every_strategy_convolves_through_onednn(agreement):
       assert str(agreement[f"{normalization}/{name}/conv_impl"]) == "onednn", name
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("normalization", list(CONSECUTIVE_STEPS))
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_train_steps_agree_with_one_device(agreement, name, normalization):
   assert disagreements(agreement, normalization, name, CONSECUTIVE_STEPS[normalization]) == []
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("split, count", [("validation", 5000), ("test", 10000)])
 def test_evaluation_sums_agree_with_one_device(agreement, name, split, count):
@@ -134,7 +130,6 @@ def test_evaluation_sums_agree_with_one_device(agreement, name, split, count):
     assert abs(int(actual["correct"]) - int(expected["correct"])) <= near_ties, near_ties
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bug", list(BUGS))
 def test_an_injected_data_parallel_bug_is_caught(agreement, bug):
   """The comparison above has the power to see each of these defects in the first step."""
@@ -169,7 +164,6 @@ def runs(tmp_path_factory, mnist_data_dir):
           for name, devices, parallelism in [("one", 1, "jit"), ("jit4", 4, "jit"), ("pmap4", 4, "pmap")]}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_four_devices_train_like_one(runs, name):
   """A loose bound, since 30 steps are long enough for rounding to grow chaotically: the 4-device run's
@@ -182,7 +176,6 @@ def test_four_devices_train_like_one(runs, name):
   assert abs(other[-1] - reference[-1]) <= 0.25 * fall, (other, reference)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["one", *STRATEGIES])
 def test_every_example_is_evaluated_exactly_once(runs, name):
   final = runs[name][-1]
