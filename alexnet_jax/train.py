@@ -448,6 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     save(state, record.get("val_accuracy"))
     if step == total_steps:
       record["params_sha256"] = fingerprint.params_sha256(run.logical(state).params)
+      record["library_versions"] = fingerprint.library_versions(run.model.conv_impl)
     record["elapsed_s"] = elapsed()
     if step == total_steps and is_chief and "validation" in splits:
       record.update(_calibrate(run, state, splits, workdir, step))

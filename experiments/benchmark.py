@@ -14,7 +14,8 @@
    (alexnet_jax/test_time_augmentation.py), beside their one-view figures; reports in
    ROOT/seed_S/report_ttaR/ and ROOT/ensemble_report_ttaR/.
 4. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
-   params_sha256 is compared with the first run's: match or mismatch. With --reproducibility_steps=N,
+   params_sha256 is compared with the first run's: match, mismatch, or different library versions (the
+   runs recorded different versions of the libraries that decide the bits). With --reproducibility_steps=N,
    instead, the first seed's first N steps trained twice, in two processes (ROOT/reproducibility_N/a, b):
    the same property (each step is a pure function of the previous state and the seed) for N steps' cost.
 
@@ -67,9 +68,17 @@ def _mean_std(values: list[float | None]) -> dict[str, float | int]:
 
 
 def reproducibility(first: dict[str, Any], repeat: dict[str, Any]) -> dict[str, Any]:
-  same = first["params_sha256"] == repeat["params_sha256"]
-  return {"result": "match" if same else "mismatch", "first": first["params_sha256"],
-          "repeat": repeat["params_sha256"]}
+  """match, mismatch, or "different library versions" when the fingerprints differ and so do the recorded
+  versions of the libraries that decide the bits (then a difference is expected, not a failure)."""
+  result = {"first": first["params_sha256"], "repeat": repeat["params_sha256"]}
+  if first["params_sha256"] == repeat["params_sha256"]:
+    return {"result": "match", **result}
+  versions = first.get("library_versions"), repeat.get("library_versions")
+  if None not in versions and versions[0] != versions[1]:
+    differing = sorted(k for k in {*versions[0], *versions[1]} if versions[0].get(k) != versions[1].get(k))
+    return {"result": "different library versions", "differing": {
+        k: [versions[0].get(k), versions[1].get(k)] for k in differing}, **result}
+  return {"result": "mismatch", **result}
 
 
 def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -179,6 +188,9 @@ def markdown(result: dict[str, Any]) -> str:
           "processes")
   lines += ["", f"## Reproducibility: **{repro['result']}**", "",
             f"{what}: params_sha256 `{repro['first']}` and `{repro['repeat']}`.", ""]
+  if repro.get("differing"):
+    lines += ["Libraries that differ between the two: " + ", ".join(
+        f"{k} {a} and {b}" for k, (a, b) in repro["differing"].items()) + ".", ""]
   return "\n".join(lines)
 
 

@@ -96,6 +96,22 @@ def test_reproducibility_reports_a_mismatch():
   assert benchmark.reproducibility({"params_sha256": "a"}, {"params_sha256": "b"})["result"] == "mismatch"
 
 
+def test_reproducibility_names_different_library_versions():
+  """Different bits from different jax versions are expected; from the same versions they are a failure."""
+  old = {"python": "3.11.7", "jax": "0.10.2", "onednn": "3.2.0"}
+  new = {"python": "3.11.7", "jax": "0.12.1", "onednn": "3.2.0"}
+  result = benchmark.reproducibility({"params_sha256": "a", "library_versions": old},
+                                     {"params_sha256": "b", "library_versions": new})
+  assert result["result"] == "different library versions"
+  assert result["differing"] == {"jax": ["0.10.2", "0.12.1"]}
+  same = benchmark.reproducibility({"params_sha256": "a", "library_versions": old},
+                                   {"params_sha256": "b", "library_versions": dict(old)})
+  assert same["result"] == "mismatch"
+  matching = benchmark.reproducibility({"params_sha256": "a", "library_versions": old},
+                                       {"params_sha256": "a", "library_versions": new})
+  assert matching["result"] == "match"
+
+
 def test_environment_fingerprint_names_the_stack():
   env = environment.describe()
   assert {"jax", "jaxlib", "flax", "optax"} <= set(env["versions"])

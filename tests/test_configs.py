@@ -9,17 +9,13 @@ import importlib.metadata
 import pathlib
 import re
 import sys
+import tomllib
 
 import pytest
 
 from alexnet_jax import config_checks
 from experiments import ablate
 from tests.conftest import REPO_ROOT
-
-try:
-  import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser as a package, where installed
-  tomllib = pytest.importorskip("tomli")
 
 CONFIG_NAMES = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py") if p.stem != "__init__")
 LOCAL_PACKAGES = {"alexnet_jax", "configs", "experiments", "tests"}

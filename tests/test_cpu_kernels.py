@@ -14,8 +14,10 @@ import dataclasses
 import functools
 import math
 import os
+import pathlib
 import subprocess
 import sys
+import sysconfig
 
 import jax
 import jax.numpy as jnp
@@ -291,6 +293,50 @@ def test_without_a_compiler_auto_trains_with_xla_and_onednn_fails_in_one_line(tm
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: config.model.conv_impl='onednn': no C++ compiler: {env['CXX']!r} is not on PATH "
       "(install g++ or set CXX)")
+  assert not (tmp_path / "onednn" / "checkpoints").exists()
+
+
+def _site_packages_without_onednn(farm: pathlib.Path) -> pathlib.Path:
+  """This environment's site-packages as links, less the oneDNN wheels' metadata: to Python those wheels
+  are not installed, as on every platform but x86-64 Linux (their library files stay where pip put them,
+  outside site-packages, found by nobody)."""
+  farm.mkdir()
+  for entry in pathlib.Path(sysconfig.get_paths()["purelib"]).iterdir():
+    if not entry.name.startswith(("onednn_cpu_gomp", "onednn_devel_cpu_gomp")):
+      (farm / entry.name).symlink_to(entry)
+  return farm
+
+
+def test_without_the_onednn_wheels_auto_trains_with_xla_and_onednn_fails_in_one_line(tmp_path,
+                                                                                     mnist_data_dir):
+  """macOS, ARM Linux and Windows install no oneDNN wheels: `auto` warns once and trains with XLA;
+  `onednn` stops in one line naming the missing wheel. The process sees the environment without the
+  wheels (`-S`: no site initialisation; PYTHONPATH: the links above, then this checkout)."""
+  site = _site_packages_without_onednn(tmp_path / "site-packages")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO_ROOT)]),
+             ALEXNET_JAX_CACHE=str(tmp_path / "cache"))
+  python = [sys.executable, "-S"]
+  probe = subprocess.run([*python, "-c", "import importlib.metadata as m; m.version('onednn-cpu-gomp')"],
+                         env=env, capture_output=True, text=True, check=False)
+  assert "PackageNotFoundError" in probe.stderr, probe.stderr  # the wheel is absent to this process
+  command = [*python, *_smoke_command(tmp_path / "auto", mnist_data_dir)[1:]]
+  result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("the oneDNN extension is unavailable: the onednn-cpu-gomp wheel is not "
+                             "installed") == 1, result.stderr
+  assert "convolutions by xla" in result.stderr
+  final = metric_logging.read_metrics(str(tmp_path / "auto"))[-1]
+  assert final["test_count"] == 10000 and final["library_versions"]["onednn"] is None
+
+  command = [*python, *_smoke_command(tmp_path / "onednn", mnist_data_dir,
+                                      "--config.model.conv_impl=onednn")[1:]]
+  result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=600)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.model.conv_impl='onednn': the onednn-cpu-gomp wheel is not installed "
+      "(pip install onednn-cpu-gomp==2023.2.0)")
   assert not (tmp_path / "onednn" / "checkpoints").exists()
 
 

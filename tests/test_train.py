@@ -1,8 +1,10 @@
 """Train and eval steps, the loop's guards, and metrics.jsonl, in process on tiny budgets."""
 
+import platform
 import shutil
 import threading
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +14,10 @@ from alexnet_jax import (
   calibration,
   checkpointing,
   config_checks,
+  cpu_kernels,
   metric_logging,
   models,
+  onednn_build,
   optimizers,
   train,
   trained_run,
@@ -126,6 +130,12 @@ def test_smoke_run_writes_the_promised_outputs(smoke_config, tmp_path):
   assert final == {k: v for k, v in records[-1].items()}
   assert final["test_count"] == 10000 and final["val_count"] == 5000
   assert len(final["params_sha256"]) == 64 and final["step"] == smoke_config.num_train_steps
+  # The libraries that decide the bits, as this process has them.
+  versions = final["library_versions"]
+  assert versions["jax"] == jax.__version__ and versions["flax"] == flax.__version__
+  assert versions["python"] == platform.python_version()
+  uses_onednn = cpu_kernels.resolve_conv_impl(smoke_config.model.conv_impl) == "onednn"
+  assert versions["onednn"] == (onednn_build.load().onednn_version if uses_onednn else None)
   train_records = [r for r in records if "train_loss" in r]
   assert {"step", "epoch", "train_loss", "train_accuracy", "images_per_s"} <= set(train_records[0])
   eval_records = [r for r in records if "val_accuracy" in r]
