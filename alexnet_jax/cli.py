@@ -12,7 +12,8 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing, trained_run
+from alexnet_jax.inference import trained_run
+from alexnet_jax.training import checkpointing
 
 
 def define_config(default: str | None = "configs/default.py", lock: bool = False) -> None:

@@ -1,6 +1,8 @@
 """Command line: `python -m alexnet_jax.main --config configs/default.py --workdir runs/x [--config.F=V]`.
 
-Running the same command on the same workdir resumes from its latest checkpoint. Past one machine, add
+Two stages: training (training/loop.py), then calibration of the finished run's probabilities
+(inference/calibrate.py). Running the same command on the same workdir resumes from its latest checkpoint;
+on a finished run it only completes what is missing. Past one machine, add
 `--distributed` (JAX detects TPU pods, SLURM and other clusters by itself) or give the coordinator
 explicitly: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process.
 """
@@ -11,7 +13,10 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from alexnet_jax import checkpointing, cli, config_checks, input_pipeline, train
+from alexnet_jax import cli
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.inference import calibrate
+from alexnet_jax.training import checkpointing, loop, run_config
 
 FLAGS = flags.FLAGS
 
@@ -52,14 +57,16 @@ def main(argv: list[str]) -> int:
   logging.get_absl_handler().addFilter(_LibraryChatterFilter())
   _initialize_distributed()
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_checks.ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
-          train.NonFiniteLossError) as e:
+    final_record = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if "val_accuracy" in final_record:  # every process, as Orbax restores together; the first one writes
+      calibrate.calibrate_run(FLAGS.workdir, str(final_record["step"]), store=jax.process_index() == 0)
+  except (run_config.ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
+          loop.NonFiniteLossError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
-  except train.Preempted as e:
+  except loop.Preempted as e:
     logging.warning("%s", e)
-    sys.exit(train.PREEMPTED_EXIT_CODE)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
   return 0
 
 

@@ -1,5 +1,5 @@
-"""Default recipe: the `mnist` AlexNet with batch norm, 10 epochs with a moving average of its weights: about
-99.6% test accuracy in about 28 minutes of training on a 2-core CPU with native bfloat16 (docs/recipe.md).
+"""Default recipe: the `mnist` AlexNet with batch norm, 10 epochs with a moving average of its weights, each
+choice made on validation (docs/recipe.md). Its accuracy and training time per CPU: docs/results/recipe.md.
 
 Every other config starts from this one and overrides a few fields. Any field can also be set on the
 command line: `--config.learning_rate=0.05`, `--config.model.normalization=lrn`.
@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Model: see alexnet_jax/models.py for what each knob switches.
+  # Model: see alexnet_jax/model/alexnet.py for what each knob switches.
   config.model = ml_collections.ConfigDict()
   config.model.variant = "mnist"  # mnist | original
   config.model.num_classes = 10
@@ -22,14 +22,15 @@ def get_config() -> ml_collections.ConfigDict:
   # accuracy.
   config.model.normalization = "batchnorm"  # none | lrn | batchnorm
   # folded | flax: the same function and statistics; folded normalises in one pass over the map instead of
-  # two, a tenth of a CPU step (docs/performance.md). The sweep in docs/recipe.md was measured with flax.
+  # two, a shorter CPU step (docs/performance.md). The recipe sweep's earlier runs used flax
+  # (docs/results/recipe.md says which).
   config.model.batch_norm_impl = "folded"
   config.model.dropout_rate = 0.5
   config.model.width_multiplier = 1.0
   config.model.dense_width = 0  # 0: the variant's own (1024 for mnist, 4096 for original)
   # Compute dtype: auto | float32 | bfloat16 (parameters and optimizer state stay float32 either way).
-  # auto: bfloat16 with oneDNN's convolutions on a CPU with native bfloat16 (as accurate, 1.6-1.8x faster:
-  # docs/performance.md), float32 elsewhere.
+  # auto: bfloat16 with oneDNN's convolutions on a CPU with native bfloat16 (as accurate, and faster:
+  # docs/results/performance.md), float32 elsewhere.
   config.model.dtype = "auto"
   # Convolutions: auto (oneDNN on a CPU where its extension builds, else XLA) | xla | onednn.
   config.model.conv_impl = "auto"
@@ -58,8 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation.
   config.batch_size = 128  # global, over all devices
   config.eval_batch_size = 1000
-  # Chosen on validation by experiments/sweeps/recipe.py (docs/recipe.md): 10 epochs fit the 30-minute budget
-  # of a 2-core CPU with native bfloat16 (1,628-1,714 s); 2.7 were the budget before oneDNN's convolutions.
+  # Chosen on validation by experiments/sweeps/recipe.py (docs/recipe.md): validation accuracy rose up to 10
+  # epochs and not past them (configs/best.py), and 10 fit the time budget of a 2-core CPU with native
+  # bfloat16 (timings: docs/results/recipe.md).
   config.num_epochs = 10.0  # fractional epochs are fine: steps = round(num_epochs * steps per epoch)
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch
   config.optimizer = "adamw"  # sgd | adamw
@@ -80,14 +82,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Loop, evaluation, checkpoints, logging.
   config.parallelism = "jit"  # jit: one step over a Mesh of every device | pmap: the classic form
-  # Training steps per compiled call (> 1: a lax.scan, one process, jit only). Pays on GPUs at small batch
-  # (+26% images/s on an H200 at 25); on CPUs XLA runs a scanned step far slower: keep 1 there.
+  # Training steps per compiled call (> 1: a lax.scan, one process, jit only). Pays on GPUs at small batch,
+  # where the host's dispatch bounds the loop (docs/results/performance.md); on CPUs XLA runs a scanned step
+  # far slower: keep 1 there.
   config.steps_per_dispatch = 1
   config.eval_every_steps = -1  # -1: once per epoch
   config.eval_test_during_training = False  # the test split is evaluated at the end in any case
   # With ema_decay > 0: also evaluate the raw weights at every evaluation, not only at the end (where they
-  # always are): off, each epoch's validation costs half as much: about 30 s of a default run (nine passes of
-  # 5,000 images at the ~1,450 images/s that evaluation runs at on a 2-core AMD EPYC).
+  # always are). Off, each epoch's validation costs half as much (docs/results/performance.md).
   config.eval_raw_during_training = False
   config.checkpoint_every_steps = 500
   config.keep_latest_checkpoints = 2  # >= 2 so that a corrupt latest has a fallback

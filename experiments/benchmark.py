@@ -11,7 +11,7 @@
 3. The ensemble of the seeds' final checkpoints (alexnet_jax.evaluate over every seed's workdir: mean of
    their calibrated probabilities) on the test split, beside the per-seed figures; ROOT/ensemble_report/.
    With --tta_radius R, each seed and the ensemble again with test-time augmentation
-   (alexnet_jax/test_time_augmentation.py), beside their one-view figures; reports in
+   (alexnet_jax/inference/test_time_augmentation.py), beside their one-view figures; reports in
    ROOT/seed_S/report_ttaR/ and ROOT/ensemble_report_ttaR/.
 4. Reproducibility: the first seed trained again in a separate process (ROOT/repeat_seed_S); its
    params_sha256 is compared with the first run's: match, mismatch, or different library versions (the
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, evaluate
+from alexnet_jax import cli
+from alexnet_jax.analysis import evaluate
 from experiments import environment, runs, throughput
 
 FLAGS = flags.FLAGS

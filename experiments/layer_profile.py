@@ -1,6 +1,6 @@
 """Where a training step's time goes, per convolution: forward, weight gradient, input gradient and the
 whole backward pass, in milliseconds and GFLOP/s, for XLA, for the oneDNN custom call where its extension
-loads (alexnet_jax/cpu_kernels.py), and, where installed, PyTorch (channels_last):
+loads (alexnet_jax/model/cpu_kernels.py), and, where installed, PyTorch (channels_last):
 
   python -m experiments.layer_profile --config configs/default.py [--batch 128] [--dtype bfloat16]
 
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, cpu_kernels, models, summary
+from alexnet_jax import cli
+from alexnet_jax.model import alexnet, cpu_kernels, summary
 from experiments import throughput
 
 FLAGS = flags.FLAGS
@@ -52,11 +53,11 @@ class ConvShape(NamedTuple):
   padding: str  # SAME | VALID, as Flax and XLA spell it
 
 
-def conv_shapes(model: models.AlexNet) -> list[ConvShape]:
+def conv_shapes(model: alexnet.AlexNet) -> list[ConvShape]:
   """One per convolution. Each input is the output of the layer before it in the model's own layer table, so
   that `original` (227x227 after its resize, conv1 11x11 stride 4 VALID) is timed at its real shapes."""
   specs = model.conv_specs()
-  rows, previous = [], models.INPUT_SHAPE
+  rows, previous = [], alexnet.INPUT_SHAPE
   for row in summary.layer_table(model):
     if row.name.startswith("conv"):
       spec = specs[int(row.name.removeprefix("conv")) - 1]
@@ -142,7 +143,7 @@ def torch_times(batch: int, conv: ConvShape, repeats: int, dtype: str = "float32
 
 def main(argv: list[str]) -> None:
   del argv
-  model = models.create_model(FLAGS.config.model)
+  model = alexnet.create_model(FLAGS.config.model)
   table = {r.name: r for r in summary.layer_table(model)}
   impls = throughput.conv_impls_to_measure()
   columns = [f"{name} ms | {name} GFLOP/s" for name in (*impls, *(["PyTorch"] if FLAGS.torch else []))]

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import metric_logging, models, summary, trained_run
+from alexnet_jax.inference import calibration, trained_run
+from alexnet_jax.model import alexnet, summary
+from alexnet_jax.training import metric_logging
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,7 +117,8 @@ def first_reaching(records: list[dict[str, Any]], key: str, target: float) -> di
 
 
 def summarize_run(workdir: str, target: float, target_metric: str = "train_accuracy") -> dict[str, Any]:
-  """The numbers a results table needs, read from the run's own files (metrics.jsonl, config.json).
+  """The numbers a results table needs, read from the run's own files (metrics.jsonl, config.json,
+  calibration.json).
 
   Steps and time to target: the first record whose `target_metric` (train_accuracy: the running mean
   over a logging interval; val_accuracy or test_accuracy: a full evaluation) reached `target`.
@@ -125,7 +128,10 @@ def summarize_run(workdir: str, target: float, target_metric: str = "train_accur
   config = trained_run.load_config(workdir)
   train_records = [r for r in records if "train_accuracy" in r]
   reached = first_reaching(records, target_metric, target)
-  rows = summary.layer_table(models.create_model(config.model))
+  rows = summary.layer_table(alexnet.create_model(config.model))
+  # The calibration stage's entry for the checkpoint training ended on, of the run's model.
+  calibrated = calibration.read_entries(workdir).get(
+      calibration.entry_key(trained_run.resolve_weights(config, "auto"), final["step"]), {})
   # The first logged interval includes compilation: leave it out of the throughput.
   throughput = [r["images_per_s"] for r in train_records[1:]] or [train_records[0]["images_per_s"]]
   return {
@@ -144,8 +150,8 @@ def summarize_run(workdir: str, target: float, target_metric: str = "train_accur
       # With a moving average of the weights the plain figures are the average's; these the weights'.
       "raw_test_accuracy": final.get("raw_test_accuracy"),
       "raw_val_accuracy": final.get("raw_val_accuracy"),
-      # Calibration (alexnet_jax/calibration.py): the temperature fitted on validation, test ECE both ways.
-      "temperature": final.get("temperature"),
-      "test_ece": final.get("test_ece"),
-      "test_ece_calibrated": final.get("test_ece_calibrated"),
+      # Calibration (inference/calibration.py): the temperature fitted on validation, test ECE both ways.
+      "temperature": calibrated.get("temperature"),
+      "test_ece": calibrated.get("test_ece_before"),
+      "test_ece_calibrated": calibrated.get("test_ece_after"),
   }

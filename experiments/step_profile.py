@@ -32,7 +32,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, engine
+from alexnet_jax import cli
+from alexnet_jax.training import engine
 from experiments import environment, throughput
 
 FLAGS = flags.FLAGS

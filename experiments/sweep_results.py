@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from alexnet_jax import report_plots  # noqa: E402
+from alexnet_jax.analysis import report_plots  # noqa: E402
 
 CSV_FIELDS = ("variant", "seed", "test_accuracy", "val_accuracy", "test_loss", "raw_test_accuracy",
               "raw_val_accuracy", "steps", "train_time_s", "steps_to_target", "time_to_target_s",

@@ -28,7 +28,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, cpu_kernels, engine, models
+from alexnet_jax import cli
+from alexnet_jax.model import alexnet, cpu_kernels
+from alexnet_jax.training import engine
 from experiments import environment
 
 FLAGS = flags.FLAGS
@@ -82,7 +84,7 @@ def peak_rss_mib() -> float:
 def random_batch(run: engine.Engine, size: int, rng: np.random.Generator) -> dict[str, jax.Array]:
   """A device-resident batch of random uint8 images and labels, laid out as the run's steps take it."""
   return run.strategy.shard_batch({
-      "image": jax.numpy.asarray(rng.integers(0, 256, (size, *models.INPUT_SHAPE), np.uint8)),
+      "image": jax.numpy.asarray(rng.integers(0, 256, (size, *alexnet.INPUT_SHAPE), np.uint8)),
       "label": jax.numpy.asarray(rng.integers(0, 10, (size,), np.int32)),
       "mask": jax.numpy.ones((size,), np.float32)})
 
@@ -172,7 +174,7 @@ def markdown_table(jax_results: dict[str, dict[str, Any]], torch_results: dict[s
 
 
 def conv_impls_to_measure() -> tuple[str, ...]:
-  """XLA always; oneDNN too where its extension loads (alexnet_jax/cpu_kernels.py)."""
+  """XLA always; oneDNN too where its extension loads (alexnet_jax/model/cpu_kernels.py)."""
   return ("xla", "onednn") if cpu_kernels.resolve_conv_impl("auto") == "onednn" else ("xla",)
 
 

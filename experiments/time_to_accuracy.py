@@ -33,7 +33,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli, config_checks, engine, fingerprint, input_pipeline
+from alexnet_jax import cli
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.training import engine, fingerprint, run_config
 from experiments import environment
 
 FLAGS = flags.FLAGS
@@ -92,9 +94,9 @@ def time_to_accuracy(config: ml_collections.ConfigDict, *, eval_every: int = 50,
   """Trains the config's recipe, evaluating the test split every `eval_every` steps; returns the history
   and, for each of TARGETS, the first step and training seconds at which test accuracy reached it."""
   if eval_every < 1:
-    raise config_checks.ConfigError(f"eval_every={eval_every}: must be >= 1")
+    raise run_config.ConfigError(f"eval_every={eval_every}: must be >= 1")
   if jax.process_count() > 1:
-    raise config_checks.ConfigError("time_to_accuracy runs in one process (any number of devices)")
+    raise run_config.ConfigError("time_to_accuracy runs in one process (any number of devices)")
   run = engine.Engine(config)
   _, test_split = load_splits(run, data_npz)
   state = run.place(run.initial_state())
@@ -158,7 +160,7 @@ def main(argv: list[str]) -> None:
       sys.exit(0)
     result = time_to_accuracy(FLAGS.config, eval_every=FLAGS.eval_every, data_npz=FLAGS.data_npz,
                               stop_at=FLAGS.stop_at)
-  except (config_checks.ConfigError, input_pipeline.DatasetError) as e:
+  except (run_config.ConfigError, input_pipeline.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(summary_line(result), flush=True)

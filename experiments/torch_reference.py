@@ -1,4 +1,4 @@
-"""The PyTorch reference for throughput: the `mnist` AlexNet of alexnet_jax/models.py, layer for layer
+"""The PyTorch reference for throughput: the `mnist` AlexNet of alexnet_jax/model/alexnet.py, layer for layer
 (the same convolutions, SAME padding, batch norm where the config has it, overlapping pooling, dropout,
 classifier widths), trained on the same batch size with the same optimizer family and label smoothing.
 Needs the `bench` extra."""
@@ -11,7 +11,7 @@ import ml_collections
 import torch
 from torch import nn
 
-from alexnet_jax import models
+from alexnet_jax.model import alexnet
 
 
 def torch_version() -> str:
@@ -19,14 +19,14 @@ def torch_version() -> str:
 
 
 def build(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """conv/ReLU/pool stack and dropout-dense classifier matching models.AlexNet(variant="mnist")."""
-  flax_model = models.create_model(model_config)
+  """conv/ReLU/pool stack and dropout-dense classifier matching alexnet.AlexNet(variant="mnist")."""
+  flax_model = alexnet.create_model(model_config)
   if flax_model.variant != "mnist" or flax_model.normalization == "lrn":
     raise ValueError("the PyTorch reference covers the mnist variant, without LRN")
   batch_norm = flax_model.normalization == "batchnorm"
   activation = nn.ReLU if flax_model.activation == "relu" else nn.Tanh
   pool = (3, 2) if flax_model.pooling == "overlapping" else (2, 2)
-  layers, channels, side = [], 1, models.INPUT_SHAPE[0]
+  layers, channels, side = [], 1, alexnet.INPUT_SHAPE[0]
   for spec in flax_model.conv_specs():
     layers.append(nn.Conv2d(channels, spec.features, spec.kernel, padding="same", bias=not batch_norm))
     if batch_norm:  # Flax's momentum 0.9 keeps 0.9 of the old running statistics; PyTorch's 0.1 is the new
@@ -36,7 +36,7 @@ def build(model_config: ml_collections.ConfigDict) -> nn.Module:
     if spec.pool_after:
       layers.append(nn.MaxPool2d(*pool))
       side = (side - pool[0]) // pool[1] + 1
-  width = flax_model.dense_width or models.MNIST_DENSE_WIDTH
+  width = flax_model.dense_width or alexnet.MNIST_DENSE_WIDTH
   rate = flax_model.dropout_rate
   layers += [nn.Flatten(), nn.Dropout(rate), nn.Linear(side * side * channels, width), activation(),
              nn.Dropout(rate), nn.Linear(width, width), activation(),
@@ -72,7 +72,7 @@ def step_runners(config: ml_collections.ConfigDict, memory_format: str, dtype: s
   loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
   def images(size: int) -> torch.Tensor:
-    return torch.randn(size, 1, *models.INPUT_SHAPE[:2], device=device).contiguous(memory_format=fmt)
+    return torch.randn(size, 1, *alexnet.INPUT_SHAPE[:2], device=device).contiguous(memory_format=fmt)
 
   train_images, eval_images = images(config.batch_size), images(config.eval_batch_size)
   labels = torch.randint(0, 10, (config.batch_size,), device=device)

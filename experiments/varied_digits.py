@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from alexnet_jax import cli, predict
+from alexnet_jax import cli
+from alexnet_jax.inference import predict
 
 FORMS = ("inverted", "enlarged_128", "rgb", "off_centre", "all_four")
 

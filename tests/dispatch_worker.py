@@ -18,7 +18,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from alexnet_jax import engine, input_pipeline
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.training import engine
 from configs import smoke
 from tests.conftest import synthetic_digits
 

@@ -17,9 +17,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from alexnet_jax import engine, input_pipeline, models, optimizers, parallel, train
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import engine, optimizers, parallel, steps
 from configs import smoke
 
 # Injected defects, each in the N-device strategy whose name it carries, and the normalisation under
@@ -65,53 +68,53 @@ class _LocalBatchStatsPmap(parallel.PmapDataParallel):
   batch_norm_axis_name = None
 
 
-def _no_pmean_step(state, batch, rng, options, axis_name=None):
+def _no_pmean_step(state, batch, rng, config, axis_name=None):
   """Injected bug: each device applies its own gradient (the pmean over devices is skipped)."""
   del axis_name
-  return train.train_step(state, batch, rng, options)
+  return steps.train_step(state, batch, rng, config)
 
 
 def strategies(with_bugs: bool, normalization: str) -> dict[str, tuple[object, Callable]]:
   """name -> (strategy, train step function): the three real ones, and the bugged ones that apply."""
   devices = jax.devices()
   n = len(devices)
-  named = {"one": (parallel.JitDataParallel(parallel.create_mesh(devices[:1])), train.train_step),
-           f"jit{n}": (parallel.JitDataParallel(parallel.create_mesh()), train.train_step),
-           f"pmap{n}": (parallel.PmapDataParallel(devices), train.train_step)}
+  named = {"one": (parallel.JitDataParallel(parallel.create_mesh(devices[:1])), steps.train_step),
+           f"jit{n}": (parallel.JitDataParallel(parallel.create_mesh()), steps.train_step),
+           f"pmap{n}": (parallel.PmapDataParallel(devices), steps.train_step)}
   bugged = {"pmap_no_pmean": (parallel.PmapDataParallel(devices), _no_pmean_step),
-            "jit_same_shard": (_SameShardJit(parallel.create_mesh()), train.train_step),
-            "pmap_same_shard": (_SameShardPmap(devices), train.train_step),
-            "pmap_local_batch_stats": (_LocalBatchStatsPmap(devices), train.train_step)}
+            "jit_same_shard": (_SameShardJit(parallel.create_mesh()), steps.train_step),
+            "pmap_same_shard": (_SameShardPmap(devices), steps.train_step),
+            "pmap_local_batch_stats": (_LocalBatchStatsPmap(devices), steps.train_step)}
   if with_bugs:
     named.update({name.replace("_", f"{n}_", 1): bugged[name] for name, applies in BUGS.items()
                   if applies == normalization})
   return named
 
 
-def _record_state(results: dict[str, np.ndarray], prefix: str, state: train.TrainState) -> None:
+def _record_state(results: dict[str, np.ndarray], prefix: str, state: steps.TrainState) -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(
       {"params": state.params, "batch_stats": state.batch_stats})[0]:
     results[f"{prefix}/{jax.tree_util.keystr(path)}"] = np.asarray(jax.device_get(leaf))
 
 
-def run_normalization(normalization: str, splits, steps: int, with_bugs: bool, results: dict) -> None:
+def run_normalization(normalization: str, splits, num_steps: int, with_bugs: bool, results: dict) -> None:
   config = agreement_config(normalization)
-  options = train.StepOptions.from_config(config)
+  frozen = ml_collections.FrozenConfigDict(config)
   init_rng, train_rng, data_rng = engine.rng_streams(config.seed)
   train_split = splits["train"][0]
   permutation = input_pipeline.epoch_permutation(data_rng, 0, train_split.num_examples)
   batches = [input_pipeline.take_batch(train_split.images, train_split.labels, permutation, i,
-                                       config.batch_size) for i in range(steps)]
+                                       config.batch_size) for i in range(num_steps)]
   reference_state = None
   for name, (strategy, step_fn) in strategies(with_bugs, normalization).items():
     prefix = f"{normalization}/{name}"
-    model = models.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name,
+    model = alexnet.create_model(config.model, batch_norm_axis_name=strategy.batch_norm_axis_name,
                                 data_mesh=strategy.data_mesh)
     results[f"{prefix}/conv_impl"] = np.asarray(model.conv_impl)
-    state = train.create_train_state(model, optimizers.create_optimizer(config, 100), init_rng)
+    state = steps.create_train_state(model, optimizers.create_optimizer(config, 100), init_rng)
     _record_state(results, f"{prefix}/state/0", state)
     state = strategy.place_state(state)
-    train_fn = strategy.compile_train(functools.partial(step_fn, options=options))
+    train_fn = strategy.compile_train(functools.partial(step_fn, config=frozen))
     for step, batch in enumerate(batches, start=1):
       state, metrics = train_fn(state, strategy.shard_batch(batch), train_rng)
       results[f"{prefix}/loss/{step}"] = np.ravel(jax.device_get(metrics["loss"]))
@@ -121,16 +124,16 @@ def run_normalization(normalization: str, splits, steps: int, with_bugs: bool, r
     if "_" in name:
       continue  # Bugged strategies (named strategy_bug): only their training is checked.
     # Every strategy evaluates the same (the one-device run's) state: this isolates the evaluation.
-    eval_fn = strategy.compile_eval(train.eval_step)
+    eval_fn = strategy.compile_eval(steps.eval_step)
     placed = strategy.place_state(reference_state.replace(apply_fn=model.apply))
     for split in ("validation", "test"):
-      sums = jax.device_get(train.evaluate_sums(eval_fn, placed, splits[split], config.eval_batch_size))
+      sums = jax.device_get(steps.evaluate_sums(eval_fn, placed, splits[split], config.eval_batch_size))
       for key, value in sums.items():
         results[f"{prefix}/eval/{split}/{key}"] = np.asarray(value)
   # The reference state's top-two logit margins: argmax may legitimately flip where they are within
   # rounding of each other, so the test allows that many differently counted examples and no more.
   variables = {"params": reference_state.params, "batch_stats": reference_state.batch_stats}
-  apply = jax.jit(functools.partial(models.create_model(config.model).apply, train=False))
+  apply = jax.jit(functools.partial(alexnet.create_model(config.model).apply, train=False))
   for split in ("validation", "test"):
     logits = np.asarray(apply(variables, input_pipeline.normalize(splits[split].images)))
     top2 = np.sort(logits, axis=-1)[:, -2:]

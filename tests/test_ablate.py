@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from alexnet_jax import metric_logging
+from alexnet_jax.training import metric_logging
 from experiments import ablate, runs
 from tests.conftest import REPO_ROOT
 

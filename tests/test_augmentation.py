@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from alexnet_jax import augmentation
+from alexnet_jax.data import augmentation
 
 
 def _digit_like_batch():

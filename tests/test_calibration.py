@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from alexnet_jax import calibration, classification_metrics
+from alexnet_jax.analysis import classification_metrics
+from alexnet_jax.inference import calibration
 
 
 def _overconfident(n: int, true_temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

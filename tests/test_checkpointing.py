@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import checkpointing
+from alexnet_jax.training import checkpointing
 
 
 def _state(value: float):

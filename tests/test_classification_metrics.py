@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alexnet_jax import classification_metrics as cm
+from alexnet_jax.analysis import classification_metrics as cm
 
 
 def _one_hot_probabilities(predictions, confidences, num_classes):

@@ -13,7 +13,7 @@ import tomllib
 
 import pytest
 
-from alexnet_jax import config_checks
+from alexnet_jax.training import run_config
 from experiments import ablate
 from tests.conftest import REPO_ROOT
 
@@ -37,7 +37,7 @@ def test_original_config_is_the_papers_recipe():
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_validates(name):
-  config_checks.validate_config(importlib.import_module(f"configs.{name}").get_config())
+  run_config.validate_config(importlib.import_module(f"configs.{name}").get_config())
 
 
 def test_sweep_variants_named_as_the_papers_sgd_use_plain_momentum():

@@ -22,12 +22,14 @@ import sysconfig
 import jax
 import jax.numpy as jnp
 import jax.test_util
+import ml_collections
 import numpy as np
 import pytest
 from flax import linen as nn
 from jax import lax
 
-from alexnet_jax import cpu_kernels, metric_logging, models, onednn_build, optimizers, train
+from alexnet_jax.model import alexnet, cpu_kernels, onednn_build
+from alexnet_jax.training import metric_logging, optimizers, steps
 from configs import smoke
 from experiments import layer_profile
 from tests.conftest import REPO_ROOT
@@ -101,9 +103,9 @@ def _compare(batch: int, conv: layer_profile.ConvShape, mode: str) -> None:
 
 
 def _layer_shapes(slow_variants: tuple[str, ...] = ()):
-  for variant in models.VARIANTS:
+  for variant in alexnet.VARIANTS:
     marks = [pytest.mark.slow] if variant in slow_variants else []
-    for conv in layer_profile.conv_shapes(models.AlexNet(variant=variant)):
+    for conv in layer_profile.conv_shapes(alexnet.AlexNet(variant=variant)):
       yield pytest.param(conv, id=f"{variant}-{conv.name}", marks=marks)
 
 
@@ -227,7 +229,7 @@ def test_resolution():
 
 def test_model_with_onednn_has_the_same_parameters_and_function():
   x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
-  xla_model, onednn_model = models.AlexNet(), models.AlexNet(conv_impl="onednn")
+  xla_model, onednn_model = alexnet.AlexNet(), alexnet.AlexNet(conv_impl="onednn")
   variables = xla_model.init(jax.random.key(1), x, train=False)
   onednn_variables = onednn_model.init(jax.random.key(1), x, train=False)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, onednn_variables)
@@ -250,17 +252,16 @@ def test_one_train_step_with_onednn_is_xlas_to_rounding():
   config = smoke.get_config()
   config.model.dropout_rate, config.optimizer, config.learning_rate = 0.0, "sgd", 0.02
   config.model.dtype = "float32"  # float32's tolerances (see tests/parallel_worker.py)
-  options = train.StepOptions.from_config(config)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 28, 28, 1), np.uint8)),
            "label": jnp.asarray(rng.integers(0, 10, (32,), np.int32)), "mask": jnp.ones((32,), jnp.float32)}
   results = {}
   for impl in ("xla", "onednn"):
     config.model.conv_impl = impl
-    model = models.create_model(config.model)
+    model = alexnet.create_model(config.model)
     assert model.conv_impl == impl
-    state = train.create_train_state(model, optimizers.create_optimizer(config, 10), jax.random.key(0))
-    step = jax.jit(functools.partial(train.train_step, options=options))
+    state = steps.create_train_state(model, optimizers.create_optimizer(config, 10), jax.random.key(0))
+    step = jax.jit(functools.partial(steps.train_step, config=ml_collections.FrozenConfigDict(config)))
     results[impl] = step(state, batch, jax.random.key(1))
   (xla_state, xla_metrics), (onednn_state, onednn_metrics) = results["xla"], results["onednn"]
   np.testing.assert_allclose(onednn_metrics["loss"], xla_metrics["loss"], rtol=1e-5)

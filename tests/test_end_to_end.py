@@ -1,7 +1,7 @@
 """Trains on the real MNIST files through the real TFDS builder and checks the accuracy over all
 10,000 test images (the run itself is conftest's `trained_run`, shared with the prediction tests)."""
 
-from alexnet_jax import metric_logging
+from alexnet_jax.training import metric_logging
 
 
 def test_a_few_hundred_steps_on_real_mnist_reach_97_percent(trained_run):

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import engine, fingerprint
+from alexnet_jax.training import engine, fingerprint
 
 
 def test_dispatch_length_ends_at_every_boundary_the_loop_acts_on():

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import explain, models, summary, trained_run
+from alexnet_jax.analysis import attributions, explain
+from alexnet_jax.inference import trained_run
+from alexnet_jax.model import alexnet, summary
 from configs import default
 from tests.conftest import REPO_ROOT
 
@@ -26,12 +28,12 @@ def one_pixel_network(images):
 
 def _digits(count=3, seed=0):
   rng = np.random.default_rng(seed)
-  return rng.integers(0, 256, (count, *models.INPUT_SHAPE)).astype(np.float32)
+  return rng.integers(0, 256, (count, *alexnet.INPUT_SHAPE)).astype(np.float32)
 
 
 def test_saliency_lights_the_one_pixel_the_network_reads():
   images, classes = _digits(), np.array([0, 4, 9])
-  maps = explain.saliency(one_pixel_network, images, classes)
+  maps = attributions.saliency(one_pixel_network, images, classes)
   expected = np.zeros_like(maps)
   expected[:, PIXEL[0], PIXEL[1]] = (classes + 1) / 255.0
   np.testing.assert_allclose(maps, expected, rtol=1e-6, atol=0)
@@ -40,7 +42,7 @@ def test_saliency_lights_the_one_pixel_the_network_reads():
 def test_integrated_gradients_sum_to_the_change_of_the_logit():
   """Exact for a linear network: the attribution of PIXEL is the whole logit, everything else 0."""
   images, classes = _digits(), np.array([2, 3, 7])
-  maps = explain.integrated_gradients(one_pixel_network, images, classes)
+  maps = attributions.integrated_gradients(one_pixel_network, images, classes)
   logits = np.asarray(one_pixel_network(jnp.asarray(images)))[np.arange(3), classes]
   np.testing.assert_allclose(maps.sum(axis=(1, 2)), logits, rtol=1e-5)
   assert np.count_nonzero(maps.reshape(3, -1), axis=1).tolist() == [1, 1, 1]
@@ -53,9 +55,9 @@ def synthetic_trained(synthetic_run):
 
 
 def test_occlusion_over_an_empty_corner_changes_nothing(synthetic_trained):
-  image = np.zeros((1, *models.INPUT_SHAPE), np.float32)
+  image = np.zeros((1, *alexnet.INPUT_SHAPE), np.float32)
   image[0, 10:20, 12:16] = 255.0  # a bar in the middle; the 6x6 corner patches cover only black
-  maps = explain.occlusion(explain.logits_fn(synthetic_trained), image, np.array([1]), patch=6)
+  maps = attributions.occlusion(synthetic_trained.logits_fn(), image, np.array([1]), patch=6)
   assert maps.shape == (1, 28, 28)
   # Pixels covered only by patches that lie on black: covering black with black is the same image.
   np.testing.assert_allclose(maps[0, :4, :4], 0.0, atol=1e-6)
@@ -80,7 +82,7 @@ def test_conv1_filters_are_the_kernels(synthetic_trained):
 
 def test_default_network_stages_follow_the_paper_sizes():
   """28x28 -> 13x13 -> 6x6 -> 2x2 for the default config, as the layer table says."""
-  model = models.create_model(default.get_config().model)
+  model = alexnet.create_model(default.get_config().model)
   sides = [row.output_shape[0] for row in summary.layer_table(model) if row.name.startswith("pool")]
   assert sides == [13, 6, 2]
 

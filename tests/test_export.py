@@ -20,8 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import calibration, checkpointing, export, input_pipeline, models
-from alexnet_jax.trained_run import load as load_trained_run
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.inference import calibration, export
+from alexnet_jax.inference.trained_run import load as load_trained_run
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import checkpointing
 from tests.conftest import REPO_ROOT
 
 PROBABILITY_ATOL = 1e-4
@@ -41,10 +44,10 @@ def _stablehlo_probabilities(data: bytes, images: np.ndarray) -> np.ndarray:
 
 
 def _random_network(variant, activation, pooling, normalization):
-  model = models.AlexNet(variant=variant, activation=activation, pooling=pooling,
+  model = alexnet.AlexNet(variant=variant, activation=activation, pooling=pooling,
                          normalization=normalization, width_multiplier=0.25, dense_width=64)
   variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                         jnp.zeros((1, *models.INPUT_SHAPE)), train=False)
+                         jnp.zeros((1, *alexnet.INPUT_SHAPE)), train=False)
   if normalization == "batchnorm":  # running statistics away from their (0, 1) start
     rng = np.random.default_rng(1)
     stats = variables["batch_stats"]
@@ -56,7 +59,7 @@ def _random_network(variant, activation, pooling, normalization):
 @pytest.mark.parametrize("knobs", KNOBS, ids=["-".join(k) for k in KNOBS])
 def test_both_formats_compute_what_the_model_computes(knobs):
   model, variables = _random_network(*knobs)
-  images = np.random.default_rng(0).integers(0, 256, (5, *models.INPUT_SHAPE)).astype(np.float32)
+  images = np.random.default_rng(0).integers(0, 256, (5, *alexnet.INPUT_SHAPE)).astype(np.float32)
   expected = np.asarray(jax.jit(export.probabilities_fn(model, variables))(images))
   for got in (_onnx_probabilities(export.to_onnx(model, variables), images),
               _stablehlo_probabilities(export.to_stablehlo(model, variables), images)):
@@ -66,7 +69,7 @@ def test_both_formats_compute_what_the_model_computes(knobs):
 
 def test_both_formats_apply_the_calibration_temperature():
   model, variables = _random_network(*KNOBS[0])
-  images = np.random.default_rng(0).integers(0, 256, (5, *models.INPUT_SHAPE)).astype(np.float32)
+  images = np.random.default_rng(0).integers(0, 256, (5, *alexnet.INPUT_SHAPE)).astype(np.float32)
   logits = np.asarray(export.float32_model(model).apply(
       variables, input_pipeline.normalize(jnp.asarray(images)), train=False), np.float64)
   expected = calibration.softmax(logits, 0.25)
@@ -80,7 +83,7 @@ def test_batch_size_is_symbolic(tmp_path):
   model, variables = _random_network(*KNOBS[0])
   onnx_bytes, hlo = export.to_onnx(model, variables), export.to_stablehlo(model, variables)
   for n in (1, 7):
-    images = np.zeros((n, *models.INPUT_SHAPE), np.float32)
+    images = np.zeros((n, *alexnet.INPUT_SHAPE), np.float32)
     assert _onnx_probabilities(onnx_bytes, images).shape == (n, 10)
     assert _stablehlo_probabilities(hlo, images).shape == (n, 10)
 

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.fingerprint import params_sha256
+from alexnet_jax.training.fingerprint import params_sha256
 
 
 def test_equal_trees_equal_hashes_regardless_of_insertion_order():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import random
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from tests.conftest import MNIST_FILES
 
 

@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import models, summary
+from alexnet_jax.model import alexnet, summary
 from experiments import layer_profile
 
 
-def _model_convs(model: models.AlexNet) -> dict[str, tuple[tuple[int, ...], nn.Conv]]:
+def _model_convs(model: alexnet.AlexNet) -> dict[str, tuple[tuple[int, ...], nn.Conv]]:
   """conv name -> (its input's shape, the Flax layer), recorded in the model's forward pass (shapes only)."""
   seen = {}
 
@@ -21,14 +21,14 @@ def _model_convs(model: models.AlexNet) -> dict[str, tuple[tuple[int, ...], nn.C
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, *models.INPUT_SHAPE)),
+    jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, *alexnet.INPUT_SHAPE)),
                                       train=False))
   return seen
 
 
-@pytest.mark.parametrize("variant", models.VARIANTS)
+@pytest.mark.parametrize("variant", alexnet.VARIANTS)
 def test_conv_shapes_are_the_models_own(variant):
-  model = models.AlexNet(variant=variant)
+  model = alexnet.AlexNet(variant=variant)
   table = {r.name: r for r in summary.layer_table(model)}
   real = _model_convs(model)
   shapes = layer_profile.conv_shapes(model)
@@ -47,7 +47,7 @@ def test_conv_shapes_are_the_models_own(variant):
 
 
 def test_original_conv1_is_the_papers():
-  conv1, conv2 = layer_profile.conv_shapes(models.AlexNet(variant="original"))[:2]
+  conv1, conv2 = layer_profile.conv_shapes(alexnet.AlexNet(variant="original"))[:2]
   assert (conv1.side, conv1.kernel, conv1.stride, conv1.padding) == (227, 11, 4, "VALID")
   assert layer_profile.torch_padding(conv1) == "valid"
   assert conv2.side == 27  # (227 - 11) // 4 + 1 = 55, pooled 3x3/2 to 27, as in the paper

@@ -2,7 +2,7 @@
 
 import json
 
-from alexnet_jax import metric_logging
+from alexnet_jax.training import metric_logging
 
 
 def test_write_read_and_truncate(tmp_path):

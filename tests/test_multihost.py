@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from alexnet_jax import metric_logging
+from alexnet_jax.training import metric_logging
 from tests.conftest import REPO_ROOT, free_port, saved_steps, train_losses
 
 pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files

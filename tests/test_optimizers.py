@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import optimizers
+from alexnet_jax.training import optimizers
 from configs import default
 
 

@@ -35,7 +35,7 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import metric_logging, parallel
+from alexnet_jax.training import metric_logging, parallel
 from tests.conftest import REPO_ROOT, train_losses
 
 DEVICES = 4

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import predict
+from alexnet_jax.inference import predict
 from experiments import varied_digits
 from tests.conftest import REPO_ROOT
 

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from alexnet_jax import metric_logging, train
-from tests.conftest import REPO_ROOT, saved_steps, without_compilation_cache
+from alexnet_jax.training import loop, metric_logging
+from tests.compilation_cache import without_compilation_cache
+from tests.conftest import REPO_ROOT, saved_steps
 
 pytestmark = pytest.mark.slow  # subprocesses training on the real MNIST files
 
@@ -102,7 +103,7 @@ def test_sigterm_saves_then_exits_and_resumes_exactly(reference, tmp_path, mnist
   _, expected = reference
   workdir = tmp_path / "terminated"
   returncode, output = _start_and_interrupt(workdir, mnist_data_dir, signal.SIGTERM, after_step=20)
-  assert returncode == train.PREEMPTED_EXIT_CODE, output[-2000:]
+  assert returncode == loop.PREEMPTED_EXIT_CODE, output[-2000:]
   assert "SIGTERM: saved the checkpoint" in output
   saved = saved_steps(workdir)
   assert saved and saved[-1] < STEPS, saved

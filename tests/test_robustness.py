@@ -4,7 +4,7 @@ name says on a known image."""
 import numpy as np
 import pytest
 
-from alexnet_jax import robustness
+from alexnet_jax.analysis import robustness
 
 
 def _bar():

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from alexnet_jax import predict, serve
+from alexnet_jax.inference import predict, serve
 from experiments import drawn_digits
 
 

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import models, summary
+from alexnet_jax.model import alexnet, summary
 
 
 @pytest.mark.parametrize("pooling", ["overlapping", "non_overlapping"])
 def test_table_matches_flax_and_xla(pooling):
-  model = models.AlexNet(pooling=pooling)
+  model = alexnet.AlexNet(pooling=pooling)
   rows = summary.layer_table(model)
   variables = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 28, 28, 1)), train=False)
   assert sum(r.params for r in rows) == sum(x.size for x in jax.tree.leaves(variables["params"]))
@@ -24,7 +24,7 @@ def test_table_matches_flax_and_xla(pooling):
 
 
 def test_markdown_table_has_a_row_per_layer_and_a_total():
-  rows = summary.layer_table(models.AlexNet())
+  rows = summary.layer_table(alexnet.AlexNet())
   table = summary.markdown_table(rows)
   assert table.count("\n") == len(rows) + 2
   assert "**4,557,514**" in table

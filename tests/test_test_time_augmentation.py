@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import test_time_augmentation as tta
+from alexnet_jax.inference import test_time_augmentation as tta
 
 
 def reference_shift(images: np.ndarray, down: int, right: int) -> np.ndarray:

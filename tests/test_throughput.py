@@ -33,16 +33,16 @@ def test_pytorch_reference_is_the_same_network(normalization):
   torch = pytest.importorskip("torch", reason="the PyTorch reference needs the optional `bench` extra")
   import jax  # noqa: PLC0415
 
-  from alexnet_jax import models  # noqa: PLC0415
+  from alexnet_jax.model import alexnet  # noqa: PLC0415
   from configs import default  # noqa: PLC0415
   from experiments import torch_reference  # noqa: PLC0415
 
   config = default.get_config()
   config.model.normalization = normalization
   reference = torch_reference.build(config.model)
-  flax_model = models.create_model(config.model)
+  flax_model = alexnet.create_model(config.model)
   params = jax.eval_shape(lambda: flax_model.init(
-      jax.random.key(0), jax.numpy.zeros((1, *models.INPUT_SHAPE)), train=False))["params"]
+      jax.random.key(0), jax.numpy.zeros((1, *alexnet.INPUT_SHAPE)), train=False))["params"]
   assert sum(p.numel() for p in reference.parameters()) == sum(x.size for x in jax.tree.leaves(params))
   assert reference(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
   batch_norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -4,7 +4,8 @@ first reached, and runs from an .npz export on a host without TensorFlow."""
 import numpy as np
 import pytest
 
-from alexnet_jax import input_pipeline, metric_logging
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.training import metric_logging
 from experiments import time_to_accuracy
 
 

@@ -5,7 +5,8 @@ baseline. Each variant spells out its epochs, `ema_decay` and normalization, so 
 whatever configs/default.py later becomes. Runs with a moving average of their weights (`ema_decay` 0.999)
 report the average in the plain columns and the raw weights beside it: EMA is compared on identical
 trajectories. Choices are made on the validation split (5,000 images held out of the training split); the
-test split is reported, never chosen on. Results and the commands: docs/recipe.md.
+test split is reported, never chosen on. How the recipe was chosen: docs/recipe.md; the results:
+docs/results/recipe.md.
 """
 
 BASE_CONFIG = "configs/default.py"
@@ -22,8 +23,8 @@ VARIANTS = {
     # Batch norm reached at epoch 5 what the default reached at 8: the epochs the budget still holds.
     # epochs_10_batchnorm won on validation and is the default since.
     "epochs_10_batchnorm": _TEN_BN,
-    # Variants below run one seed at a time (an 8-epoch run is ~21 minutes on the 2-core CPU, a 10-epoch
-    # one ~28 on the Xeon and ~33-37 on the AMD EPYC); docs/recipe.md says which have been run.
+    # Variants below run one seed at a time (a run takes most of an hour on a 2-core CPU);
+    # docs/results/recipe.md says which have been run, and how long each took where.
     "epochs_8_lr_4e-3": {**_EIGHT, "learning_rate": 4e-3},
     "epochs_8_no_label_smoothing": {**_EIGHT, "label_smoothing": 0.0},
     "epochs_8_dropout_0.25": {**_EIGHT, "model.dropout_rate": 0.25},

@@ -1,7 +1,8 @@
 """Faster CPU kernels for the model's costliest operations, with XLA as fallback and reference.
 
-On CPUs, XLA's convolutions hold a training step to about half of PyTorch's speed (docs/performance.md),
-and bfloat16 buys nothing there because XLA's CPU convolutions convert bf16 to f32. So:
+On CPUs, XLA's convolutions hold a training step to about half of PyTorch's speed
+(docs/results/performance.md), and bfloat16 buys nothing there because XLA's CPU convolutions convert
+bf16 to f32. So:
 
 * `conv_general_dilated`: a drop-in for `lax.conv_general_dilated` (what `nn.Conv` takes as its
   `conv_general_dilated` field, so parameters and checkpoints are unchanged) that runs the forward pass,
@@ -11,8 +12,8 @@ and bfloat16 buys nothing there because XLA's CPU convolutions convert bf16 to f
 * `max_pool`: once the convolutions are fast, max pooling's backward (XLA's `select_and_scatter`) is the
   largest cost left. This one has a backward that is one elementwise select per window offset, which XLA
   fuses into a single loop, and a forward that is the elementwise maximum of the window's strided slices
-  (the same values: a maximum rounds nothing), which XLA's CPU backend runs about 4 times faster than
-  its `reduce_window` (measured on conv1's map; docs/performance.md).
+  (the same values: a maximum rounds nothing), which XLA's CPU backend runs several times faster than
+  its `reduce_window` (measured on conv1's map: docs/results/performance.md).
 
 `resolve_conv_impl` turns `config.model.conv_impl` (`auto`, `xla`, `onednn`) into the one that runs.
 """
@@ -31,7 +32,7 @@ from absl import logging
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from alexnet_jax import onednn_build
+from alexnet_jax.model import onednn_build
 
 CONV_IMPLS = ("auto", "xla", "onednn")
 _NHWC_HWIO = ("NHWC", "HWIO", "NHWC")

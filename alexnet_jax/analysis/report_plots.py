@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import classification_metrics  # noqa: E402
+from alexnet_jax.analysis import classification_metrics  # noqa: E402
 
 MISCLASSIFIED_SHOWN = 24
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 
 def _sample_coordinates(rng: jax.Array, height: int, width: int, *, max_translate: float,
@@ -141,3 +142,12 @@ def random_affine_with_keys(images: jax.Array, keys: jax.Array, *, max_translate
     return image
 
   return jax.vmap(one)(images, keys)
+
+
+def augment(images: jax.Array, keys: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
+  """The training augmentation a run's `config.data` asks for, one key per image (the train step's
+  entry point: a new knob is a field in configs/default.py and its use here)."""
+  return random_affine_with_keys(
+      images, keys, max_translate=data.max_translate, max_rotate_deg=data.max_rotate,
+      max_scale=data.max_scale, elastic_alpha=data.elastic_alpha, elastic_sigma=data.elastic_sigma,
+      max_stroke=data.max_stroke, max_blur_sigma=data.max_blur_sigma)

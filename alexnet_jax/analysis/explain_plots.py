@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.report_plots import plt, save_figure
+from alexnet_jax.analysis.report_plots import plt, save_figure
 
 CHANNELS_SHOWN = 8
 

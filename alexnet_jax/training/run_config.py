@@ -1,14 +1,23 @@
-"""Validation of a run's config, before any data is read or anything is compiled.
+"""A run's config: its validation before anything runs, and `upgrade` of the configs older runs saved.
 
 A bad value is reported as one line naming the field, so that a typo on the command line costs seconds,
-not a crashed run half an hour in.
+not a crashed run half an hour in. Types need no check here: config files are loaded locked and typed
+(ml_collections refuses a string for a float field, or a field that does not exist).
+
+`upgrade` is the one place that knows which fields were added after runs were first saved, and what those
+runs did without them: code everywhere else reads every field as configs/default.py defines it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from alexnet_jax import cpu_kernels, input_pipeline, models, onednn_build, optimizers, parallel
+import ml_collections
+
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.model import alexnet, cpu_kernels, onednn_build
+from alexnet_jax.training import optimizers, parallel
+from configs import default
 
 
 class ConfigError(ValueError):
@@ -48,12 +57,12 @@ def _check_conv_impl_available(conv_impl: str) -> None:
 
 def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -> None:
   """Raises ConfigError naming the first field that holds an unusable value."""
-  _check_choice(config, "model.variant", models.VARIANTS)
-  _check_choice(config, "model.activation", models.ACTIVATIONS)
-  _check_choice(config, "model.pooling", models.POOLINGS)
-  _check_choice(config, "model.normalization", models.NORMALIZATIONS)
-  _check_choice(config, "model.batch_norm_impl", models.BATCH_NORM_IMPLS)
-  _check_choice(config, "model.dtype", models.DTYPE_CHOICES)
+  _check_choice(config, "model.variant", alexnet.VARIANTS)
+  _check_choice(config, "model.activation", alexnet.ACTIVATIONS)
+  _check_choice(config, "model.pooling", alexnet.POOLINGS)
+  _check_choice(config, "model.normalization", alexnet.NORMALIZATIONS)
+  _check_choice(config, "model.batch_norm_impl", alexnet.BATCH_NORM_IMPLS)
+  _check_choice(config, "model.dtype", alexnet.DTYPE_CHOICES)
   _check_choice(config, "model.conv_impl", cpu_kernels.CONV_IMPLS)
   _check_conv_impl_available(config.model.conv_impl)
   _check_choice(config, "optimizer", optimizers.OPTIMIZERS)
@@ -105,3 +114,42 @@ def validate_config(config: Any, num_devices: int = 1, num_processes: int = 1) -
   if config.steps_per_dispatch > 1:
     _require(config.parallelism == "jit" and num_processes == 1 and num_shards == 1, "steps_per_dispatch",
              config.steps_per_dispatch, "> 1 needs parallelism=jit, one process and one data shard")
+
+
+# Fields added to configs/default.py after runs were first saved, with the value that reproduces what a
+# run saved without the field did. A field added with an "off" default that old runs match needs no entry.
+_VALUES_BEFORE_THE_FIELD = {
+    "model.conv_impl": "xla",
+    "model.dtype": "float32",
+    "model.batch_norm_impl": "flax",
+    "ema_decay": 0.0,
+    "eval_raw_during_training": True,
+}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"model": {"dtype": "auto"}} -> {"model.dtype": "auto"}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def upgrade(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config a run saved (its config.json) completed to today's fields: the saved values, the values
+  before the field for fields added since (`_VALUES_BEFORE_THE_FIELD`), configs/default.py's for the rest.
+  Fields that today's config no longer has are kept as saved."""
+  merged = default.get_config().to_dict()
+  saved_fields = flatten(saved)
+  for field, value in _VALUES_BEFORE_THE_FIELD.items():
+    saved_fields.setdefault(field, value)
+  for field, value in saved_fields.items():
+    *parents, name = field.split(".")
+    section = merged
+    for parent in parents:
+      section = section.setdefault(parent, {})
+    section[name] = value
+  return ml_collections.ConfigDict(merged)

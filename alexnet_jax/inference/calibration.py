@@ -22,7 +22,7 @@ import numpy as np
 import scipy.optimize
 import scipy.special
 
-from alexnet_jax import classification_metrics
+from alexnet_jax.analysis import classification_metrics
 
 CALIBRATION_FILE = "calibration.json"
 # T outside this range means broken logits, not a calibration: the fit stops at the bounds.
@@ -62,7 +62,7 @@ def summary(logits: np.ndarray, labels: np.ndarray, temperature: float, prefix: 
 
 
 def entry_key(weights: str, step: int, tta_radius: int = 0) -> str:
-  """"ema@4296"; with test-time augmentation (alexnet_jax/test_time_augmentation.py) "ema@4296+tta1"."""
+  """"ema@4296"; with test-time augmentation (inference/test_time_augmentation.py) "ema@4296+tta1"."""
   return f"{weights}@{step}" + (f"+tta{tta_radius}" if tta_radius else "")
 
 
@@ -83,19 +83,21 @@ def stored_temperature(workdir: str, weights: str, step: int, tta_radius: int = 
 
 
 def calibrate(workdir: str, weights: str, step: int, validation: tuple[np.ndarray, np.ndarray],
-              test: tuple[np.ndarray, np.ndarray] | None = None, *, tta_radius: int = 0
-              ) -> dict[str, Any]:
-  """Fits T on the validation (logits, labels), stores it for (weights, step, tta_radius) in
-  DIR/calibration.json beside the other checkpoints' entries, and returns the entry (with the test split's
-  figures if given, for the report only)."""
+              test: tuple[np.ndarray, np.ndarray] | None = None, *, tta_radius: int = 0,
+              store: bool = True) -> dict[str, Any]:
+  """Fits T on the validation (logits, labels), stores it (unless `store` is False) for (weights, step,
+  tta_radius) in DIR/calibration.json beside the other checkpoints' entries, and returns the entry (with
+  the test split's figures if given, for the report only)."""
   temperature = fit_temperature(*validation)
   entry = {"temperature": temperature, "weights": weights, "checkpoint_step": step,
            "fit_on": "validation", **summary(*validation, temperature, "val")}
   if test is not None:
     entry.update(summary(*test, temperature, "test"))
-  entries = read_entries(workdir)
   if tta_radius:
     entry["tta_radius"] = tta_radius
+  if not store:
+    return entry
+  entries = read_entries(workdir)
   entries[entry_key(weights, step, tta_radius)] = entry
   path = os.path.join(workdir, CALIBRATION_FILE)
   with open(path + ".tmp", "w") as f:  # renamed into place: a crash never leaves half a file

@@ -5,12 +5,12 @@ that position give or take the training shifts; a digit that sits a pixel off, o
 pixel off, is read again from its neighbours' point of view. With radius R the network sees the
 (2R + 1)^2 copies of each image shifted by -R..R pixels down and right (zero-filled: the background is
 black) and the prediction is the mean of their probabilities. Measured on validation over seven trained
-runs (docs/recipe.md): R = 1 (9 views) never lowered a run's accuracy and raised it by 0.05 points on
+runs (docs/results/recipe.md): R = 1 (9 views) never lowered a run's accuracy and raised it by 0.05 points on
 average, at 9 times the evaluation cost.
 
 Its output is a log-probability: log(mean over views of softmax(logits)). Softmax of it gives back the
 averaged probabilities, so the rest of the code treats it as logits; a temperature fitted on it calibrates
-the averaged prediction (alexnet_jax/calibration.py keys that temperature by the radius).
+the averaged prediction (alexnet_jax/inference/calibration.py keys that temperature by the radius).
 
 Only `evaluate --tta_radius R` uses it. Training's logged figures, `predict`, `serve` and `export` read one
 view: a chosen recipe must stand without it, and TTA is reported beside the single view, never instead.

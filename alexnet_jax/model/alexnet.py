@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from alexnet_jax import cpu_kernels
+from alexnet_jax.model import cpu_kernels
 
 VARIANTS = ("mnist", "original")
 ACTIVATIONS = ("relu", "tanh")
@@ -39,7 +39,7 @@ BATCH_NORM_IMPLS = ("flax", "folded")
 # Compute dtypes; parameters, gradients and optimizer state stay float32 (the "master weights") either way.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # `auto`: bfloat16 where it is both fast and as accurate (oneDNN convolutions on a CPU with native bfloat16:
-# docs/performance.md has the speed and accuracy measured side by side), float32 everywhere else.
+# docs/results/performance.md has the speed and accuracy measured side by side), float32 everywhere else.
 DTYPE_CHOICES = ("auto", *COMPUTE_DTYPES)
 
 
@@ -91,8 +91,8 @@ class FoldedBatchNorm(nn.Module):
   the same fast variance E[x^2] - E[x]^2 clipped at 0, and under pmap the same average over `axis_name`:
   the statistics are Flax's bit for bit, the output equal up to rounding. Flax normalises as
   (x - mean) * a + bias, and XLA's CPU backend writes x - mean out as a pass of its own over the map
-  (measured: 10 of bn1's 14 ms forward); folded, the normalisation is one pass, and batch norm's share of a
-  training step on a 2-core AMD EPYC fell from 55-62 ms to 25-29 ms (docs/performance.md). Written here
+  (most of bn1's forward); folded, the normalisation is one pass, and batch norm's share of a training step
+  falls by about half (measured: docs/results/performance.md). Written here
   because Flax has no folded form; it adds no arithmetic, only reorders it.
   """
 
@@ -164,7 +164,7 @@ class AlexNet(nn.Module):
   dtype: Any = jnp.float32
   # Under pmap, the device axis to average batch statistics over (jit needs none: its batch is global).
   batch_norm_axis_name: str | None = None
-  # "xla", or "onednn": oneDNN convolutions and a fused max-pool backward (alexnet_jax/cpu_kernels.py);
+  # "xla", or "onednn": oneDNN convolutions and a fused max-pool backward (alexnet_jax/model/cpu_kernels.py);
   # same parameters, same function up to rounding. `create_model` resolves the config's "auto".
   conv_impl: str = "xla"
   # Under jit over several devices: the mesh whose first axis splits the batch (the oneDNN custom call
@@ -240,20 +240,18 @@ class AlexNet(nn.Module):
 def create_model(model_config: Any, batch_norm_axis_name: str | None = None,
                  data_mesh: Mesh | None = None) -> AlexNet:
   """Builds the network from ``config.model``, resolving its ``conv_impl`` and ``dtype`` for this machine."""
-  # Older runs' configs predate both fields: they convolved through XLA in float32.
-  conv_impl = cpu_kernels.resolve_conv_impl(model_config.get("conv_impl", "xla"))
+  conv_impl = cpu_kernels.resolve_conv_impl(model_config.conv_impl)
   return AlexNet(
       variant=model_config.variant,
       num_classes=model_config.num_classes,
       activation=model_config.activation,
       pooling=model_config.pooling,
       normalization=model_config.normalization,
-      # Older runs' configs predate the field: Flax's batch norm.
-      batch_norm_impl=model_config.get("batch_norm_impl", "flax"),
+      batch_norm_impl=model_config.batch_norm_impl,
       dropout_rate=model_config.dropout_rate,
       width_multiplier=model_config.width_multiplier,
       dense_width=model_config.dense_width or None,
-      dtype=resolve_dtype(model_config.get("dtype", "float32"), conv_impl),
+      dtype=resolve_dtype(model_config.dtype, conv_impl),
       batch_norm_axis_name=batch_norm_axis_name,
       conv_impl=conv_impl,
       data_mesh=data_mesh,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import augmentation, input_pipeline
+from alexnet_jax.data import augmentation, input_pipeline
 
 # Strengths per perturbation, 0 included; units in `UNITS`.
 STRENGTHS: dict[str, tuple[float, ...]] = {

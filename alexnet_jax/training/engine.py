@@ -5,7 +5,7 @@ strategy, how the data is cut across processes, the model, optimizer and learnin
 random streams and the compiled step functions. `engine.advance(state, step, n)` then trains `n` steps
 from `step`: one dispatch per step, or `config.steps_per_dispatch` steps per `lax.scan` call.
 
-`train.train_and_evaluate` (the loop's policy: when to log, evaluate, save and stop) and the experiments
+`loop.train_and_evaluate` (the loop's policy: when to log, evaluate, save and stop) and the experiments
 (time to accuracy, throughput, benchmark) all drive this one engine, so they follow one trajectory: with
 the same config and seed they reach the same parameters bit for bit.
 """
@@ -21,7 +21,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from alexnet_jax import config_checks, input_pipeline, models, optimizers, parallel, train
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import optimizers, parallel, run_config, steps
 
 
 class RngStreams(NamedTuple):
@@ -61,7 +63,7 @@ class Engine:
   """One run's setup and its step-by-step mechanics; the caller decides what happens between steps."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    config_checks.validate_config(config, num_devices=jax.device_count(),
+    run_config.validate_config(config, num_devices=jax.device_count(),
                                   num_processes=jax.process_count())
     if config.steps_per_dispatch > 1 and jax.default_backend() == "cpu":
       logging.warning("steps_per_dispatch=%d on a CPU: XLA's CPU backend runs a step inside a loop "
@@ -77,23 +79,24 @@ class Engine:
     self.data_sharding = parallel.replicated(parallel.create_mesh(jax.local_devices()))
     self.steps_per_epoch, self.total_steps = step_counts(config, self.layout.num_shards)
     self.rngs = rng_streams(config.seed)
-    self.model = models.create_model(config.model, batch_norm_axis_name=self.strategy.batch_norm_axis_name,
+    self.model = alexnet.create_model(config.model, batch_norm_axis_name=self.strategy.batch_norm_axis_name,
                                      data_mesh=self.strategy.data_mesh)
     self.optimizer = optimizers.create_optimizer(config, self.total_steps)
     self.schedule = optimizers.create_schedule(config, self.total_steps)
-    options = train.StepOptions.from_config(config)
-    self.train_fn = self.strategy.compile_train(functools.partial(train.train_step, options=options))
-    self.eval_fn = self.strategy.compile_eval(train.eval_step)
+    # The steps read their settings from the config itself, frozen: nothing can change it under them.
+    frozen = ml_collections.FrozenConfigDict(config)
+    self.train_fn = self.strategy.compile_train(functools.partial(steps.train_step, config=frozen))
+    self.eval_fn = self.strategy.compile_eval(steps.eval_step)
     # With config.ema_decay > 0 the run's model is the moving average of its weights (see TrainState).
-    self.uses_ema = bool(config.get("ema_decay", 0.0))
-    self.ema_eval_fn = self.strategy.compile_eval(functools.partial(train.eval_step, use_ema=True))
+    self.uses_ema = bool(config.ema_decay)
+    self.ema_eval_fn = self.strategy.compile_eval(functools.partial(steps.eval_step, use_ema=True))
     self._take_fn = jax.jit(input_pipeline.take_local_batch, static_argnames="batch_size")
     self._permutation_fn = jax.jit(input_pipeline.epoch_permutation, static_argnums=2,
                                    out_shardings=self.data_sharding)
     if config.steps_per_dispatch > 1:  # jit only (config_checks): batches gathered inside the program
       self._multi_step_fn = jax.jit(
-          functools.partial(train.train_steps, steps_per_epoch=self.steps_per_epoch,
-                            batch_size=config.batch_size, options=options,
+          functools.partial(steps.train_steps, steps_per_epoch=self.steps_per_epoch,
+                            batch_size=config.batch_size, config=frozen,
                             batch_sharding=self.strategy.batch_sharding),
           static_argnames="num_steps", donate_argnums=0)
     self._compiled_multi_step: dict[int, Any] = {}
@@ -118,16 +121,16 @@ class Engine:
     self._train_shards = tuple((shard.images, shard.labels) for shard in shards)
     self._permutation_epoch = None
 
-  def initial_state(self) -> train.TrainState:
+  def initial_state(self) -> steps.TrainState:
     """The freshly initialised state, replicated over the mesh (the form checkpoints hold)."""
-    create = functools.partial(train.create_train_state, self.model, self.optimizer, ema=self.uses_ema)
+    create = functools.partial(steps.create_train_state, self.model, self.optimizer, ema=self.uses_ema)
     return jax.jit(create, out_shardings=parallel.replicated(self.mesh))(self.rngs.init)
 
-  def place(self, state: train.TrainState) -> train.TrainState:
+  def place(self, state: steps.TrainState) -> steps.TrainState:
     """A replicated state -> the strategy's layout (a leading device axis under pmap)."""
     return self.strategy.place_state(state)
 
-  def logical(self, state: train.TrainState) -> train.TrainState:
+  def logical(self, state: steps.TrainState) -> steps.TrainState:
     """The strategy's layout -> one logical copy (what checkpoints and fingerprints see)."""
     return self.strategy.logical_state(state)
 
@@ -144,8 +147,8 @@ class Engine:
       yield step, length
       step += length
 
-  def advance(self, state: train.TrainState, step: int, num_steps: int
-              ) -> tuple[train.TrainState, list[dict[str, jax.Array]]]:
+  def advance(self, state: steps.TrainState, step: int, num_steps: int
+              ) -> tuple[steps.TrainState, list[dict[str, jax.Array]]]:
     """Trains `num_steps` steps from `step`; returns the state and each dispatch's metrics, without
     waiting for the last dispatches (parallel.DispatchWindow says why it waits for earlier ones)."""
     if not self._train_shards:
@@ -177,7 +180,7 @@ class Engine:
     return self._compiled_multi_step.get(length) or functools.partial(self._multi_step_fn,
                                                                       num_steps=length)
 
-  def compile(self, state: train.TrainState, intervals: Iterable[tuple[int, int]]) -> float:
+  def compile(self, state: steps.TrainState, intervals: Iterable[tuple[int, int]]) -> float:
     """Compiles ahead of time every training program that `advance(state, step, n)` runs for each
     (step, n) of `intervals`, so that no call of theirs compiles; returns the seconds it took."""
     start = time.perf_counter()
@@ -195,9 +198,9 @@ class Engine:
 
   # --- Evaluation ----------------------------------------------------------------------------------
 
-  def evaluate(self, state: train.TrainState, split: input_pipeline.Split, use_ema: bool = False
+  def evaluate(self, state: steps.TrainState, split: input_pipeline.Split, use_ema: bool = False
                ) -> dict[str, float]:
     """Loss, accuracy and the exact number of examples over a whole split, of the weights or (use_ema)
     of their moving average."""
-    return train.evaluate_split(self.ema_eval_fn if use_ema else self.eval_fn, state, split,
+    return steps.evaluate_split(self.ema_eval_fn if use_ema else self.eval_fn, state, split,
                                 self.config.eval_batch_size)

@@ -1,4 +1,5 @@
-"""Train and eval steps, the loop's guards, and metrics.jsonl, in process on tiny budgets."""
+"""The training loop (training/loop.py): its outputs, guards, resume and metrics, in process on tiny
+budgets."""
 
 import platform
 import shutil
@@ -10,122 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import (
-  calibration,
-  checkpointing,
-  config_checks,
-  cpu_kernels,
-  metric_logging,
-  models,
-  onednn_build,
-  optimizers,
-  train,
-  trained_run,
-)
-from configs import smoke
-from tests.conftest import saved_steps, tensorboard_steps
-
-
-def _tiny_state(normalization="none"):
-  config = smoke.get_config()
-  config.model.normalization = normalization
-  config.model.dropout_rate = 0.0  # memorising a fixed batch is the point here
-  config.learning_rate = 3e-3
-  model = models.create_model(config.model)
-  tx = optimizers.create_optimizer(config, 100)
-  return train.create_train_state(model, tx, jax.random.key(0))
-
-
-def _fixed_batch(n=32):
-  """Noisy images whose class is where a bright bar lies: learnable in a few steps."""
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 10, (n,))
-  images = rng.integers(0, 60, (n, 28, 28, 1))
-  for i, label in enumerate(labels):
-    images[i, 2 * label + 2:2 * label + 6, 4:24] = 255
-  return {"image": jnp.asarray(images.astype(np.uint8)), "label": jnp.asarray(labels.astype(np.int32)),
-          "mask": jnp.ones((n,))}
-
-
-@pytest.mark.parametrize("normalization", ["none", "batchnorm"])
-def test_train_steps_lower_the_loss_on_a_fixed_batch(normalization):
-  state = _tiny_state(normalization)
-  batch = _fixed_batch()
-  step = jax.jit(lambda s, b, r: train.train_step(s, b, r, train.StepOptions()))
-  before = float(train.eval_step(state, batch)["loss_sum"])
-  for _ in range(20):
-    state, metrics = step(state, {"image": batch["image"], "label": batch["label"]}, jax.random.key(1))
-  assert int(state.step) == 20
-  assert float(train.eval_step(state, batch)["loss_sum"]) < 0.5 * before
-  if normalization == "batchnorm":
-    assert not jnp.allclose(state.batch_stats["bn1"]["mean"], 0.0)
+from alexnet_jax.inference import calibration, trained_run
+from alexnet_jax.model import alexnet, cpu_kernels, onednn_build
+from alexnet_jax.training import checkpointing, loop, metric_logging, optimizers, run_config, steps
+from tests.conftest import saved_steps, tensorboard_steps, train_and_calibrate
 
 
 def _same(tree_a, tree_b) -> bool:
   return all(jax.tree.leaves(jax.tree.map(jnp.array_equal, tree_a, tree_b)))
 
 
-def test_step_rng_is_folded_with_the_step_number():
-  state = _tiny_state()
-  batch = {k: v for k, v in _fixed_batch().items() if k != "mask"}
-  options = train.StepOptions(augment=True, max_translate=2.0, max_rotate=10.0, max_scale=0.1)
-  step = jax.jit(train.train_step, static_argnames="options")
-  a, _ = step(state, batch, jax.random.key(7), options=options)
-  b, _ = step(state, batch, jax.random.key(7), options=options)
-  assert _same(a.params, b.params)
-  later = state.replace(step=state.step + 1)
-  c, _ = step(later, batch, jax.random.key(7), options=options)
-  assert not _same(a.params, c.params)
-
-
-def test_ema_is_the_moving_average_of_the_weights_and_leaves_them_alone():
-  """Each step: ema <- d * ema + (1 - d) * new weights, d = min(decay, (1 + s) / (10 + s)) at step s; the
-  raw weights follow exactly the trajectory of a run without the average."""
-  model = models.create_model(smoke.get_config().model)
-  tx = optimizers.create_optimizer(smoke.get_config(), 100)
-  plain = train.create_train_state(model, tx, jax.random.key(0))
-  averaged = train.create_train_state(model, tx, jax.random.key(0), ema=True)
-  assert _same(averaged.ema["params"], plain.params)
-  batch = {k: v for k, v in _fixed_batch().items() if k != "mask"}
-  decay = 0.5
-  step = jax.jit(train.train_step, static_argnames="options")
-  expected = jax.tree.map(lambda x: np.asarray(x, np.float64), plain.params)
-  for s in range(3):
-    plain, _ = step(plain, batch, jax.random.key(1), options=train.StepOptions())
-    averaged, _ = step(averaged, batch, jax.random.key(1), options=train.StepOptions(ema_decay=decay))
-    d = min(decay, (1 + s) / (10 + s))
-    expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * np.asarray(p, np.float64), expected,
-                            plain.params)
-  assert _same(averaged.params, plain.params)
-  # float32 arithmetic, 3 updates of 2 products and a sum: a few units in the last place of the weights.
-  for got, want in zip(jax.tree.leaves(averaged.ema["params"]), jax.tree.leaves(expected), strict=True):
-    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6,
-                               atol=1e-6 * np.abs(want).max())
-  assert not _same(averaged.ema["params"], averaged.params)
-
-
-def test_ema_decay_ramps_up_to_its_setting():
-  steps = jnp.array([0, 10, 10000, 100000])
-  np.testing.assert_allclose(train.ema_decay_at(steps, 0.999),
-                             [0.1, 11 / 20, 0.999, 0.999], rtol=1e-6)
-
-
-def test_eval_step_ignores_masked_examples():
-  state = _tiny_state()
-  batch = _fixed_batch(8)
-  full = train.eval_step(state, batch)
-  half_mask = batch["mask"].at[4:].set(0.0)
-  garbage = batch["image"].at[4:].set(255)
-  half = train.eval_step(state, {**batch, "mask": half_mask, "image": garbage})
-  first_four = train.eval_step(state, {k: v[:4] for k, v in batch.items()})
-  assert float(half["count"]) == 4 and float(full["count"]) == 8
-  np.testing.assert_allclose(float(half["loss_sum"]), float(first_four["loss_sum"]), rtol=1e-5)
-  assert float(half["correct"]) == float(first_four["correct"])
-
-
 def test_smoke_run_writes_the_promised_outputs(smoke_config, tmp_path):
   workdir = str(tmp_path / "run")
-  final = train.train_and_evaluate(smoke_config, workdir)
+  final = loop.train_and_evaluate(smoke_config, workdir)
   records = metric_logging.read_metrics(workdir)
   assert final == {k: v for k, v in records[-1].items()}
   assert final["test_count"] == 10000 and final["val_count"] == 5000
@@ -146,7 +44,7 @@ def test_smoke_run_writes_the_promised_outputs(smoke_config, tmp_path):
   logged_steps = [r["step"] for r in train_records]
   assert tensorboard_steps(tmp_path / "run")["train_loss"] == logged_steps == [10, 20, 30, 40]
   # Running the finished run again changes nothing.
-  again = train.train_and_evaluate(smoke_config, workdir)
+  again = loop.train_and_evaluate(smoke_config, workdir)
   assert again["params_sha256"] == final["params_sha256"]
   assert len(metric_logging.read_metrics(workdir)) == len(records)
 
@@ -157,22 +55,24 @@ def test_divergence_stops_with_a_clear_error_and_keeps_only_finite_checkpoints(s
   smoke_config.checkpoint_every_steps = 5
   smoke_config.log_every_steps = 5
   workdir = tmp_path / "run"
-  with pytest.raises(train.NonFiniteLossError, match="non-finite .* step"):
-    train.train_and_evaluate(smoke_config, str(workdir))
+  with pytest.raises(loop.NonFiniteLossError, match="non-finite .* step"):
+    loop.train_and_evaluate(smoke_config, str(workdir))
   checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), read_only=True)
-  template = _tiny_state()
+  template = steps.create_train_state(alexnet.create_model(smoke_config.model),
+                                      optimizers.create_optimizer(smoke_config, 100), jax.random.key(0),
+                                      ema=bool(smoke_config.ema_decay))
   for step in checkpointer.all_steps():
     restored = checkpointer.restore(step, template)
-    assert bool(train.all_finite(restored.params)), f"checkpoint {step} holds non-finite params"
+    assert bool(steps.all_finite(restored.params)), f"checkpoint {step} holds non-finite params"
 
 
 def test_resuming_with_another_config_is_refused(smoke_config, tmp_path):
   smoke_config.num_train_steps = 4
   smoke_config.eval_every_steps = 4
-  train.train_and_evaluate(smoke_config, str(tmp_path / "run"))
+  loop.train_and_evaluate(smoke_config, str(tmp_path / "run"))
   smoke_config.learning_rate = 0.5
-  with pytest.raises(config_checks.ConfigError, match=r"config\.learning_rate: differs"):
-    train.train_and_evaluate(smoke_config, str(tmp_path / "run"))
+  with pytest.raises(run_config.ConfigError, match=r"config\.learning_rate: differs"):
+    loop.train_and_evaluate(smoke_config, str(tmp_path / "run"))
 
 
 def test_several_steps_per_dispatch_train_like_one_per_dispatch(smoke_config, tmp_path):
@@ -181,9 +81,9 @@ def test_several_steps_per_dispatch_train_like_one_per_dispatch(smoke_config, tm
   smoke_config.num_train_steps = 12
   smoke_config.log_every_steps = smoke_config.checkpoint_every_steps = 6
   smoke_config.eval_every_steps = 12
-  one = train.train_and_evaluate(smoke_config, str(tmp_path / "one"))
+  one = loop.train_and_evaluate(smoke_config, str(tmp_path / "one"))
   smoke_config.steps_per_dispatch = 4  # dispatches of 4 + 2 steps between boundaries
-  many = train.train_and_evaluate(smoke_config, str(tmp_path / "many"))
+  many = loop.train_and_evaluate(smoke_config, str(tmp_path / "many"))
   records = {name: metric_logging.read_metrics(str(tmp_path / name)) for name in ("one", "many")}
   assert [r["step"] for r in records["many"]] == [r["step"] for r in records["one"]]
   for a, b in zip(records["one"], records["many"], strict=True):
@@ -218,7 +118,7 @@ def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, syntheti
   source, first = synthetic_run
   shutil.copytree(source, tmp_path, dirs_exist_ok=True)
   shutil.rmtree(tmp_path / "checkpoints" / "8")
-  resumed = train.train_and_evaluate(synthetic_config, str(tmp_path))
+  resumed = loop.train_and_evaluate(synthetic_config, str(tmp_path))
   assert resumed["params_sha256"] == first["params_sha256"]
   assert [r["step"] for r in metric_logging.read_metrics(str(tmp_path)) if "train_loss" in r] == [2, 4, 6, 8]
   events = tensorboard_steps(tmp_path)
@@ -229,10 +129,10 @@ def test_resume_leaves_tensorboard_agreeing_with_metrics(synthetic_run, syntheti
 def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp_path):
   """With ema_decay > 0 the plain metric names are the moving average's, raw_ ones the weights' (at the end
   only, as eval_raw_during_training is off); the best checkpoint is ranked by the average; trained_run
-  loads it by default and calibration is stored for it."""
+  loads it by default and the calibration stage stores its temperature."""
   synthetic_config.ema_decay = 0.9
   assert not synthetic_config.eval_raw_during_training
-  final = train.train_and_evaluate(synthetic_config, str(tmp_path))
+  final = train_and_calibrate(synthetic_config, str(tmp_path))
   assert {"val_accuracy", "raw_val_accuracy", "test_accuracy", "raw_test_accuracy"} <= set(final)
   evaluations = [r for r in metric_logging.read_metrics(str(tmp_path)) if "val_accuracy" in r]
   assert [(r["step"], "raw_val_accuracy" in r) for r in evaluations] == [(4, False), (8, True)]
@@ -241,17 +141,16 @@ def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp
   # to rounding); the test split of an 8-step synthetic run has no such guarantee and is only reported.
   entry = calibration.read_entries(str(tmp_path))[calibration.entry_key("ema", final["step"])]
   assert entry["val_nll_after"] <= entry["val_nll_before"] + 1e-12
-  assert entry["temperature"] == final["temperature"]
-  assert entry["test_ece_after"] == final["test_ece_calibrated"]
+  assert entry["weights"] == "ema" and entry["checkpoint_step"] == final["step"]
   run = trained_run.load(str(tmp_path), "latest")
   raw = trained_run.load(str(tmp_path), "latest", weights="raw")
   assert run.weights == "ema" and raw.weights == "raw"
   assert not _same(run.variables["params"], raw.variables["params"])
-  assert run.temperature == final["temperature"] and raw.temperature is None
+  assert run.temperature == entry["temperature"] and raw.temperature is None
   assert trained_run.load(str(tmp_path), "best").step in (4, 8)
   # Resumed from step 4, the average continues where it was: the same weights, the same average.
   shutil.rmtree(tmp_path / "checkpoints" / "8")
-  resumed = train.train_and_evaluate(synthetic_config, str(tmp_path))
+  resumed = loop.train_and_evaluate(synthetic_config, str(tmp_path))
   assert resumed["params_sha256"] == final["params_sha256"]
   assert resumed["val_accuracy"] == final["val_accuracy"] and resumed["val_loss"] == final["val_loss"]
 
@@ -271,7 +170,7 @@ def test_the_loop_runs_from_a_thread_other_than_the_main_one(synthetic_config, t
 
   def target():
     try:
-      outcome["record"] = train.train_and_evaluate(synthetic_config, str(tmp_path))
+      outcome["record"] = loop.train_and_evaluate(synthetic_config, str(tmp_path))
     except Exception as e:  # noqa: BLE001 - reported to the main thread below.
       outcome["error"] = e
 

@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from alexnet_jax import config_checks, optimizers, parallel
+from alexnet_jax.training import optimizers, parallel, run_config
 from configs import default, original, smoke
 from tests.conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("get_config", [default.get_config, smoke.get_config, original.get_config])
 def test_shipped_configs_are_valid(get_config):
-  config_checks.validate_config(get_config())
+  run_config.validate_config(get_config())
 
 
 @pytest.mark.parametrize("field, value", [
@@ -56,53 +56,53 @@ def test_bad_value_names_the_field(field, value):
   for parent in parents:
     section = section[parent]
   section[leaf] = value
-  with pytest.raises(config_checks.ConfigError, match=rf"^config\.{field}="):
-    config_checks.validate_config(config)
+  with pytest.raises(run_config.ConfigError, match=rf"^config\.{field}="):
+    run_config.validate_config(config)
 
 
 def test_num_epochs_is_checked_only_when_it_is_used():
   config = default.get_config()
   config.num_epochs = 0
-  with pytest.raises(config_checks.ConfigError, match="num_epochs"):
-    config_checks.validate_config(config)
+  with pytest.raises(run_config.ConfigError, match="num_epochs"):
+    run_config.validate_config(config)
   config.num_train_steps = 10
-  config_checks.validate_config(config)
+  run_config.validate_config(config)
 
 
 def test_batch_must_divide_over_devices():
   config = default.get_config()
   config.batch_size = 130
-  config_checks.validate_config(config, num_devices=2)
-  with pytest.raises(config_checks.ConfigError, match=r"config\.batch_size=130: .*4"):
-    config_checks.validate_config(config, num_devices=4)
+  run_config.validate_config(config, num_devices=2)
+  with pytest.raises(run_config.ConfigError, match=r"config\.batch_size=130: .*4"):
+    run_config.validate_config(config, num_devices=4)
 
 
 def test_data_shards_must_fit_processes_and_batch():
   config = default.get_config()
-  config_checks.validate_config(config, num_devices=2, num_processes=2)
+  run_config.validate_config(config, num_devices=2, num_processes=2)
   config.data.num_shards = 3
-  with pytest.raises(config_checks.ConfigError, match=r"config\.data\.num_shards=3: .*processes \(2\)"):
-    config_checks.validate_config(config, num_devices=2, num_processes=2)
+  with pytest.raises(run_config.ConfigError, match=r"config\.data\.num_shards=3: .*processes \(2\)"):
+    run_config.validate_config(config, num_devices=2, num_processes=2)
   config.data.num_shards = 4
   config.batch_size = 130
-  with pytest.raises(config_checks.ConfigError, match=r"config\.batch_size=130: .*num_shards \(4\)"):
-    config_checks.validate_config(config, num_devices=2, num_processes=1)
+  with pytest.raises(run_config.ConfigError, match=r"config\.batch_size=130: .*num_shards \(4\)"):
+    run_config.validate_config(config, num_devices=2, num_processes=1)
   config.data.num_shards = 0
   config.batch_size = 128
   config.parallelism = "pmap"
-  with pytest.raises(config_checks.ConfigError, match=r"config\.parallelism='pmap': .*one process"):
-    config_checks.validate_config(config, num_devices=2, num_processes=2)
+  with pytest.raises(run_config.ConfigError, match=r"config\.parallelism='pmap': .*one process"):
+    run_config.validate_config(config, num_devices=2, num_processes=2)
 
 
 def test_several_steps_per_dispatch_need_one_process_under_jit():
   config = default.get_config()
   config.steps_per_dispatch = 8
-  config_checks.validate_config(config, num_devices=2)
-  with pytest.raises(config_checks.ConfigError, match=r"config\.steps_per_dispatch=8: .*one process"):
-    config_checks.validate_config(config, num_devices=2, num_processes=2)
+  run_config.validate_config(config, num_devices=2)
+  with pytest.raises(run_config.ConfigError, match=r"config\.steps_per_dispatch=8: .*one process"):
+    run_config.validate_config(config, num_devices=2, num_processes=2)
   config.parallelism = "pmap"
-  with pytest.raises(config_checks.ConfigError, match=r"config\.steps_per_dispatch=8: .*jit"):
-    config_checks.validate_config(config)
+  with pytest.raises(run_config.ConfigError, match=r"config\.steps_per_dispatch=8: .*jit"):
+    run_config.validate_config(config)
 
 
 @pytest.mark.slow  # a subprocess
@@ -124,13 +124,34 @@ def test_the_choices_checked_are_the_ones_the_code_builds():
   config = smoke.get_config()
   for name in optimizers.OPTIMIZERS:
     config.optimizer = name
-    config_checks.validate_config(config)
+    run_config.validate_config(config)
     optimizers.create_optimizer(config, 10)
   for name in optimizers.SCHEDULES:
     config.schedule = name
-    config_checks.validate_config(config)
+    run_config.validate_config(config)
     optimizers.create_schedule(config, 10)(5)
   for name in parallel.STRATEGIES:
     config.parallelism = name
-    config_checks.validate_config(config)
+    run_config.validate_config(config)
     parallel.create_strategy(name)
+
+
+def test_upgrade_completes_an_older_runs_config_with_what_it_did():
+  """A config.json saved before some fields existed: saved values kept, the added fields at the values
+  that reproduce what the run did, fields no longer in configs/default.py kept as saved."""
+  saved = default.get_config().to_dict()
+  saved["learning_rate"] = 0.05
+  saved["retired_field"] = 7
+  for section, name in (("model", "conv_impl"), ("model", "dtype"), ("model", "batch_norm_impl"),
+                        (None, "ema_decay"), (None, "eval_raw_during_training"), ("data", "max_stroke")):
+    del (saved[section] if section else saved)[name]
+  config = run_config.upgrade(saved)
+  assert config.learning_rate == 0.05 and config.retired_field == 7
+  model = config.model
+  assert (model.conv_impl, model.dtype, model.batch_norm_impl) == ("xla", "float32", "flax")
+  assert config.ema_decay == 0.0 and config.eval_raw_during_training is True
+  assert config.data.max_stroke == 0.0  # added "off": today's default is what the run did
+  run_config.validate_config(config)
+  # A config saved today comes back as it was.
+  today = default.get_config()
+  assert run_config.upgrade(today.to_dict()).to_dict() == today.to_dict()

@@ -1,6 +1,6 @@
 """A training run loaded for inference: its config, its network, one checkpoint's parameters and batch
 statistics (the moving average of them when the run kept one), without the optimizer state, and the
-temperature that calibrates its probabilities (alexnet_jax/calibration.py).
+temperature that calibrates its probabilities (alexnet_jax/inference/calibration.py).
 
 Evaluation, prediction and export all start here, so that none of them needs to rebuild an optimizer
 only to restore a whole TrainState and throw most of it away.
@@ -19,7 +19,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import calibration, checkpointing, input_pipeline, models, test_time_augmentation
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.inference import calibration, test_time_augmentation
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import checkpointing, run_config
 
 WEIGHTS_CHOICES = ("auto", "raw", "ema")
 
@@ -34,7 +37,7 @@ class TrainedRun:
 
   workdir: str
   config: ml_collections.ConfigDict
-  model: models.AlexNet
+  model: alexnet.AlexNet
   variables: dict[str, Any]
   step: int
   weights: str = "raw"
@@ -68,17 +71,17 @@ class TrainedRun:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with (its workdir's config.json)."""
+  """The config a run was trained with (its workdir's config.json), completed to today's fields."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise checkpointing.CheckpointError(f"{path} not found: is {workdir} a training workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return run_config.upgrade(json.load(f))
 
 
 def resolve_weights(config: ml_collections.ConfigDict, weights: str) -> str:
   """auto -> the run's model: "ema" if it kept a moving average (config.ema_decay > 0), else "raw"."""
-  has_ema = bool(config.get("ema_decay", 0.0))
+  has_ema = bool(config.ema_decay)
   if weights not in WEIGHTS_CHOICES:
     raise checkpointing.CheckpointError(
         f"--weights={weights!r}: expected one of {', '.join(WEIGHTS_CHOICES)}")
@@ -89,19 +92,20 @@ def resolve_weights(config: ml_collections.ConfigDict, weights: str) -> str:
   return weights
 
 
-def load(workdir: str, which: str = "best", weights: str = "auto", tta_radius: int = 0) -> TrainedRun:
+def load(workdir: str, which: str = "best", weights: str = "auto", tta_radius: int = 0, *,
+         warn_if_uncalibrated: bool = True) -> TrainedRun:
   """The run in `workdir` at checkpoint `which` (best | latest | a step number), its `weights` (auto |
   raw | ema), predicting with test-time augmentation of `tta_radius` (0: one view), with the temperature
-  stored for them (see alexnet_jax/calibration.py)."""
+  stored for them (see calibration.py)."""
   if tta_radius < 0:
     raise checkpointing.CheckpointError(f"--tta_radius={tta_radius}: expected 0 (off) or more pixels")
   config = load_config(workdir)
   weights = resolve_weights(config, weights)
-  model = models.create_model(config.model)
+  model = alexnet.create_model(config.model)
   # Shapes and dtypes only: nothing is initialised or compiled to learn what to restore.
   shapes = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(0)},
-      jnp.zeros((1, *models.INPUT_SHAPE), jnp.float32), train=False))
+      jnp.zeros((1, *alexnet.INPUT_SHAPE), jnp.float32), train=False))
   target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
   if weights == "ema":  # TrainState.ema holds the same tree
     target = {"ema": target}
@@ -114,7 +118,7 @@ def load(workdir: str, which: str = "best", weights: str = "auto", tta_radius: i
   if weights == "ema":
     variables = variables["ema"]
   temperature = calibration.stored_temperature(workdir, weights, step, tta_radius)
-  if temperature is None:
+  if temperature is None and warn_if_uncalibrated:
     logging.warning("%s: no temperature stored for %s: probabilities uncalibrated (python -m "
                     "alexnet_jax.evaluate fits one)", workdir,
                     calibration.entry_key(weights, step, tta_radius))

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from alexnet_jax import onednn_build
+from alexnet_jax.model import onednn_build
 
 
 def _local_copy(leaf: Any) -> Any:
