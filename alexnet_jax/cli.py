@@ -4,12 +4,16 @@ Each program (`alexnet_jax.main`, `evaluate`, `predict`, `summary`, `experiments
 `define_flags()` that its `if __name__ == "__main__":` block calls just before `app.run(main)`. Flags are
 therefore defined only when a module runs as a program, so programs can import one another (a benchmark
 imports the throughput experiment) without two definitions of `--config` colliding. The flags several
-programs share are defined here once.
+programs share are defined here once; `quiet_libraries` keeps the libraries' INFO lines off a program's
+terminal.
 """
 
 from __future__ import annotations
 
-from absl import flags
+import logging as pylogging
+import os
+
+from absl import flags, logging
 from ml_collections import config_flags
 
 from alexnet_jax.inference import trained_run
@@ -36,3 +40,24 @@ def define_trained_run(multiple: bool = False) -> None:
   flags.DEFINE_enum("weights", "auto", list(trained_run.WEIGHTS_CHOICES), "auto: the run's model (the "
                     "moving average of its weights if it kept one); raw; ema.")
   flags.mark_flags_as_required(["workdir"])
+
+
+# TensorFlow's C++ INFO lines (it reads TFDS's records) are set before TensorFlow is imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+_OWN_CODE = (f"{os.sep}alexnet_jax{os.sep}", f"{os.sep}experiments{os.sep}")
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Drops INFO and DEBUG records of other packages (Orbax's handler registries and per-save lines, JAX's
+  backend probe, TFDS's builder lines); the project's own lines, and every warning and error, pass."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or any(part in record.pathname for part in _OWN_CODE)
+
+
+def quiet_libraries() -> None:
+  """A program's terminal shows its own lines, and the libraries' warnings and errors; `--verbosity=1`
+  (or any --verbosity given) shows the libraries' INFO lines too."""
+  if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+    return
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())

@@ -7,7 +7,6 @@ on a finished run it only completes what is missing. Past one machine, add
 explicitly: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process.
 """
 
-import logging as pylogging
 import sys
 
 import jax
@@ -16,7 +15,7 @@ from absl import app, flags, logging
 from alexnet_jax import cli
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.inference import calibrate
-from alexnet_jax.training import checkpointing, loop, run_config
+from alexnet_jax.training import checkpointing, loop, metric_logging, run_config
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +28,8 @@ def define_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (implies --distributed).")
   flags.DEFINE_integer("num_processes", None, "How many processes in all (with --coordinator_address).")
   flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+  flags.DEFINE_bool("start_over", False, "When every checkpoint of the workdir is damaged, train again from "
+                    "step 0 (without it the run stops and says so).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -44,24 +45,17 @@ def _initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-class _LibraryChatterFilter(pylogging.Filter):
-  """Keeps Orbax's per-save INFO chatter out of the console; its warnings and errors still show."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_LibraryChatterFilter())
+  cli.quiet_libraries()
   _initialize_distributed()
   try:
-    final_record = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    final_record = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, start_over=FLAGS.start_over)
     if "val_accuracy" in final_record:  # every process, as Orbax restores together; the first one writes
-      calibrate.calibrate_run(FLAGS.workdir, str(final_record["step"]), store=jax.process_index() == 0)
+      calibrate.calibrate_run(FLAGS.workdir, store=jax.process_index() == 0)
   except (run_config.ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
-          loop.NonFiniteLossError) as e:
+          metric_logging.MetricsError, loop.NonFiniteLossError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
   except loop.Preempted as e:

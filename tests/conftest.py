@@ -147,9 +147,9 @@ def synthetic_config(synthetic_mnist):
 
 def train_and_calibrate(config, workdir: str) -> dict:
   """What `python -m alexnet_jax.main` does in one process: the training stage, then the calibration
-  stage for the checkpoint it ended on; returns the final record of metrics.jsonl."""
+  stage; returns the final record of metrics.jsonl."""
   final = loop.train_and_evaluate(config, workdir)
-  calibrate.calibrate_run(workdir, str(final["step"]))
+  calibrate.calibrate_run(workdir)
   return final
 
 

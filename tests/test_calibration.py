@@ -1,6 +1,9 @@
 """Temperature scaling: the fit, what it changes and what it leaves alone, and its file."""
 
+import concurrent.futures
 import json
+import logging
+import threading
 
 import numpy as np
 import pytest
@@ -58,9 +61,35 @@ def test_entries_are_kept_per_checkpoint_and_weights(tmp_path):
   assert saved["ema@100"]["fit_on"] == "validation"
 
 
-def test_a_damaged_file_means_a_refit_not_a_crash(tmp_path):
+def test_a_damaged_file_is_said_refitted_and_kept_aside(tmp_path, caplog):
+  """A damaged calibration.json reads as empty with a warning (not silently), and the next store moves it
+  aside (its bytes kept) instead of writing over it."""
   (tmp_path / calibration.CALIBRATION_FILE).write_text("{not json")
-  assert calibration.stored_temperature(str(tmp_path), "raw", 1) is None
+  with caplog.at_level(logging.WARNING):
+    assert calibration.stored_temperature(str(tmp_path), "raw", 1) is None
+  assert any("calibration.json cannot be read" in r.getMessage() for r in caplog.records)
   logits, labels = _overconfident(1_000, true_temperature=1.0, seed=4)
   calibration.calibrate(str(tmp_path), "raw", 1, (logits, labels))
   assert calibration.stored_temperature(str(tmp_path), "raw", 1) is not None
+  kept = list(tmp_path.glob(calibration.CALIBRATION_FILE + ".damaged-*"))
+  assert len(kept) == 1 and kept[0].read_text() == "{not json"
+
+
+def test_concurrent_writers_lose_no_entry(tmp_path):
+  """Several `evaluate` runs storing temperatures at once (threads here: each opens the file anew, as
+  processes do): every entry is kept, and no temporary file is left behind."""
+  logits, labels = _overconfident(200, true_temperature=1.0, seed=5)
+  entry = calibration.calibrate(str(tmp_path), "raw", 0, (logits, labels), store=False)
+  workers, per_worker = 4, 25
+  barrier = threading.Barrier(workers)
+
+  def store(worker):
+    barrier.wait()
+    for i in range(per_worker):
+      calibration._store(str(tmp_path), calibration.entry_key("raw", worker * per_worker + i), entry)
+
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    list(pool.map(store, range(workers)))
+  saved = json.loads((tmp_path / calibration.CALIBRATION_FILE).read_text())
+  assert len(saved) == workers * per_worker
+  assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

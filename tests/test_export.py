@@ -158,3 +158,20 @@ def test_command_line_errors_are_one_line(tmp_path):
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith("error: ") and "config.json not found" in last_line
   assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow  # a subprocess
+def test_onnx_without_the_export_extra_says_which_extra_in_one_line(tmp_path, synthetic_run):
+  """The `onnx` package made unimportable in the process (as where the extra is not installed): one line
+  naming the extra, a non-zero exit, nothing written."""
+  workdir, _ = synthetic_run
+  program = ("import runpy, sys; sys.modules['onnx'] = None; sys.argv = ['export'] + sys.argv[1:]; "
+             "runpy.run_module('alexnet_jax.export', run_name='__main__')")
+  result = subprocess.run(
+      [sys.executable, "-c", program, "--workdir", str(workdir), "--format", "onnx", "--out",
+       str(tmp_path / "m.onnx")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --format=onnx needs the `export` extra: pip install -e '.[export]'")
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no library chatter either
+  assert not (tmp_path / "m.onnx").exists()

@@ -1,6 +1,9 @@
 """The training loop (training/loop.py): its outputs, guards, resume and metrics, in process on tiny
 budgets."""
 
+import builtins
+import json
+import os
 import platform
 import shutil
 import threading
@@ -14,6 +17,7 @@ import pytest
 from alexnet_jax.inference import calibration, trained_run
 from alexnet_jax.model import alexnet, cpu_kernels, onednn_build
 from alexnet_jax.training import checkpointing, loop, metric_logging, optimizers, run_config, steps
+from configs import smoke
 from tests.conftest import saved_steps, tensorboard_steps, train_and_calibrate
 
 
@@ -142,11 +146,18 @@ def test_a_run_with_ema_records_both_and_ships_the_average(synthetic_config, tmp
   entry = calibration.read_entries(str(tmp_path))[calibration.entry_key("ema", final["step"])]
   assert entry["val_nll_after"] <= entry["val_nll_before"] + 1e-12
   assert entry["weights"] == "ema" and entry["checkpoint_step"] == final["step"]
+  # Every checkpoint a user can load by name (best, latest) has its temperature, for both kinds of weights.
+  best = trained_run.load(str(tmp_path), "best").step
+  assert set(calibration.read_entries(str(tmp_path))) == {
+      calibration.entry_key(weights, step) for weights in ("raw", "ema") for step in {best, final["step"]}}
+  assert trained_run.load(str(tmp_path), "best", weights="raw").temperature is not None
   run = trained_run.load(str(tmp_path), "latest")
   raw = trained_run.load(str(tmp_path), "latest", weights="raw")
   assert run.weights == "ema" and raw.weights == "raw"
   assert not _same(run.variables["params"], raw.variables["params"])
-  assert run.temperature == entry["temperature"] and raw.temperature is None
+  assert run.temperature == entry["temperature"]
+  entries = calibration.read_entries(str(tmp_path))
+  assert raw.temperature == entries[calibration.entry_key("raw", 8)]["temperature"]
   assert trained_run.load(str(tmp_path), "best").step in (4, 8)
   # Resumed from step 4, the average continues where it was: the same weights, the same average.
   shutil.rmtree(tmp_path / "checkpoints" / "8")
@@ -179,3 +190,95 @@ def test_the_loop_runs_from_a_thread_other_than_the_main_one(synthetic_config, t
   thread.join(timeout=300)
   assert "error" not in outcome, outcome.get("error")
   assert outcome["record"]["step"] == synthetic_config.num_train_steps
+
+
+def test_config_json_survives_a_failure_while_it_is_rewritten(tmp_path, monkeypatch):
+  """Every start rewrites config.json; a failure (a full disk, a kill) in the middle must leave the old
+  file whole, or the run neither resumes nor loads."""
+  config = smoke.get_config()
+  loop._write_config(config, str(tmp_path))
+  before = (tmp_path / "config.json").read_bytes()
+  real_open, real_fdopen = builtins.open, os.fdopen
+
+  def failing(file):
+    class HalfThenDiskFull:
+      def write(self, text):
+        file.write(text[:len(text) // 2])
+        file.flush()
+        raise OSError(28, "No space left on device")
+
+      def __enter__(self):
+        return self
+
+      def __exit__(self, *exc):
+        file.close()
+
+    return HalfThenDiskFull()
+
+  def patched_open(path, mode="r", *args, **kwargs):
+    file = real_open(path, mode, *args, **kwargs)
+    return failing(file) if "w" in mode and str(path).endswith("config.json") else file
+
+  monkeypatch.setattr(builtins, "open", patched_open)
+  monkeypatch.setattr(os, "fdopen", lambda *a, **k: failing(real_fdopen(*a, **k)))
+  with pytest.raises(OSError, match="No space left"):
+    loop._write_config(config, str(tmp_path))
+  monkeypatch.undo()
+  assert (tmp_path / "config.json").read_bytes() == before
+  assert trained_run.load_config(str(tmp_path)).to_dict() == run_config.upgrade(json.loads(before)).to_dict()
+
+
+def _tree_snapshot(root) -> dict[str, bytes]:
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_reported_before_anything_is_restored(synthetic_run, synthetic_config, tmp_path,
+                                                                monkeypatch):
+  """Rerunning a finished run's command restores nothing (a restore could fail: no permission, a library
+  upgrade) and changes nothing but config.json's identical rewrite."""
+  source, final = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  before = _tree_snapshot(tmp_path)
+
+  def no_restore(*args, **kwargs):
+    raise AssertionError("a finished run restored a checkpoint")
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "restore", no_restore)
+  assert loop.train_and_evaluate(synthetic_config, str(tmp_path)) == final
+  assert _tree_snapshot(tmp_path) == before
+
+
+def test_an_unreadable_checkpoint_stops_the_run_and_nothing_is_lost(synthetic_run, synthetic_config, tmp_path,
+                                                                    monkeypatch):
+  """An unfinished run (its final checkpoint gone) whose checkpoint cannot be read for a reason other than
+  damage: one line naming it and the cause; nothing moved, metrics.jsonl and TensorBoard untouched."""
+  source, _ = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  before = _tree_snapshot(tmp_path)
+
+  def denied(self, step, target):
+    raise ValueError(f'PERMISSION_DENIED: Error reading local file "{self.directory}/{step}/default/d/x"')
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "restore", denied)
+  with pytest.raises(checkpointing.CheckpointError, match=r"^checkpoint at step 4 in .* cannot be read "
+                     r"\(ValueError: PERMISSION_DENIED"):
+    loop.train_and_evaluate(synthetic_config, str(tmp_path))
+  assert _tree_snapshot(tmp_path) == before
+  assert not (tmp_path / "corrupt_checkpoints").exists()
+
+
+@pytest.mark.slow  # a whole extra run
+def test_every_checkpoint_damaged_stops_unless_asked_to_start_over(synthetic_run, synthetic_config, tmp_path):
+  source, final = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  shutil.rmtree(tmp_path / "checkpoints" / "8")  # unfinished: the run must restore step 4
+  for path in (tmp_path / "checkpoints").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"")
+  metrics_before = (tmp_path / "metrics.jsonl").read_bytes()
+  with pytest.raises(checkpointing.AllCheckpointsDamagedError, match="--start_over"):
+    loop.train_and_evaluate(synthetic_config, str(tmp_path))
+  assert (tmp_path / "metrics.jsonl").read_bytes() == metrics_before
+  again = loop.train_and_evaluate(synthetic_config, str(tmp_path), start_over=True)
+  assert again["params_sha256"] == final["params_sha256"]  # step 0 again, the same trajectory

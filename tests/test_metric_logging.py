@@ -1,6 +1,10 @@
 """metrics.jsonl: append, read back, drop records past a resumed checkpoint."""
 
 import json
+import logging
+import os
+
+import pytest
 
 from alexnet_jax.training import metric_logging
 
@@ -24,3 +28,49 @@ def test_disabled_writer_returns_records_but_writes_nothing(tmp_path):
   assert not (tmp_path / "metrics.jsonl").exists()
   metric_logging.truncate_metrics(str(tmp_path), 0)  # no file: nothing to do
   assert metric_logging.read_metrics(str(tmp_path)) == []
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning_and_truncation_removes_it(tmp_path, caplog):
+  """A kill while a record was being written leaves its line cut short: the run still resumes."""
+  good = [json.dumps({"step": s, "epoch": 0.0, "loss": 1.0}) + "\n" for s in (10, 20)]
+  (tmp_path / "metrics.jsonl").write_text("".join(good) + '{"step": 30, "epo')
+  with caplog.at_level(logging.WARNING):
+    assert [r["step"] for r in metric_logging.read_metrics(str(tmp_path))] == [10, 20]
+  assert any("cut short" in r.getMessage() for r in caplog.records)
+  metric_logging.truncate_metrics(str(tmp_path), 20)
+  assert (tmp_path / "metrics.jsonl").read_text() == "".join(good)
+
+
+def test_damage_before_the_last_line_is_named(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 10}\n{"ste\n{"step": 30}\n')
+  with pytest.raises(metric_logging.MetricsError, match=r"metrics.jsonl, line 2: not a JSON record"):
+    metric_logging.read_metrics(str(tmp_path))
+
+
+class _DiskFullHalfway:
+  """A file whose write stores half of what it is given, then fails as a full disk would."""
+
+  def __init__(self, file):
+    self._file = file
+
+  def write(self, text):
+    self._file.write(text[:len(text) // 2])
+    self._file.flush()
+    raise OSError(28, "No space left on device")
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._file.close()
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
+  path = tmp_path / "config.json"
+  path.write_text('{"old": true}')
+  real_fdopen = os.fdopen
+  monkeypatch.setattr(os, "fdopen", lambda *a, **k: _DiskFullHalfway(real_fdopen(*a, **k)))
+  with pytest.raises(OSError, match="No space left"):
+    metric_logging.write_atomically(str(path), json.dumps({"new": list(range(1000))}))
+  assert path.read_text() == '{"old": true}'
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -153,3 +154,21 @@ def test_command_line_json_and_exit_status(smoke_run, mnist_test, tmp_path):
        paths[0]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert text.returncode == 0, text.stderr
   assert text.stdout.startswith(f"{paths[0]}: {records[0]['prediction']}  (top 3: ")
+  assert "uncalibrated" not in text.stderr  # the calibration stage stored a temperature for it
+
+
+def test_uncalibrated_probabilities_are_said_in_one_visible_line(smoke_run, mnist_test, tmp_path):
+  """A checkpoint with no stored temperature: predict still answers, and says on stderr, in one line
+  among no library chatter, that its probabilities are uncalibrated."""
+  workdir = tmp_path / "run"
+  shutil.copytree(smoke_run, workdir)
+  (workdir / "calibration.json").unlink()
+  paths = _write_test_files(tmp_path, mnist_test[0][0])
+  result = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.predict", "--workdir", str(workdir), "--checkpoint", "latest",
+       paths[0]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith(f"{paths[0]}: ")
+  lines = result.stderr.strip().splitlines()
+  assert len([line for line in lines if "probabilities uncalibrated" in line]) == 1, result.stderr
+  assert not [line for line in lines if line.startswith("I")], result.stderr  # no INFO lines

@@ -129,3 +129,43 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
   assert f"checkpoint at step {steps[-1]} does not restore" in result.stderr
   assert (workdir / "corrupt_checkpoints").exists(), "the damaged checkpoint is kept aside, not deleted"
   assert _fingerprint(workdir) == expected
+
+
+def _kill_while_saving(workdir, data_dir, after_step: int, offset_s: float) -> tuple[int, bool]:
+  """Starts a run and SIGKILLs it `offset_s` after Orbax starts writing a checkpoint past `after_step`
+  (its temporary folder appears); returns the exit status and whether the temporary folder was still
+  there when the process died (the write was cut, not finished)."""
+  process = subprocess.Popen(_command(workdir, data_dir), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  checkpoints = pathlib.Path(workdir) / "checkpoints"
+  deadline, cut = time.monotonic() + 300, False
+  while time.monotonic() < deadline and process.poll() is None:
+    writing = [p for p in (checkpoints.iterdir() if checkpoints.exists() else ())
+               if ".orbax-checkpoint-tmp" in p.name and int(p.name.split(".")[0]) > after_step]
+    if writing:
+      time.sleep(offset_s)
+      process.kill()
+      process.wait(timeout=60)
+      cut = writing[0].exists()
+      break
+    time.sleep(0.001)
+  process.wait(timeout=300)
+  return process.returncode, cut
+
+
+@pytest.mark.parametrize("offset_ms", [0, 3, 15])
+def test_sigkill_inside_a_checkpoint_write_resumes_to_the_uninterrupted_bits(reference, tmp_path,
+                                                                             mnist_data_dir, offset_ms):
+  """Killed while Orbax writes a checkpoint: the partial write is never taken for a checkpoint, and the
+  resumed run ends on the uninterrupted run's bits."""
+  _, expected = reference
+  workdir = tmp_path / "killed_in_save"
+  returncode, cut = _kill_while_saving(workdir, mnist_data_dir, after_step=STEPS // 4,
+                                       offset_s=offset_ms / 1000)
+  assert returncode == -signal.SIGKILL
+  if offset_ms == 0:
+    assert cut, "the kill must land inside the write"
+  assert all(p.name.isdigit() or ".orbax-checkpoint-tmp" in p.name
+             for p in (workdir / "checkpoints").iterdir())
+  assert _run(workdir, mnist_data_dir) == expected
+  assert not (workdir / "corrupt_checkpoints").exists(), "a cut write is not a damaged checkpoint"

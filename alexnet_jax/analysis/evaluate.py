@@ -188,6 +188,7 @@ def evaluate_run(workdir: str, which: str = "best", split_name: str = "test",
 
 def main(argv: list[str]) -> None:
   del argv
+  cli.quiet_libraries()
   try:
     metrics = evaluate_runs(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, with_robustness=FLAGS.robustness,
                             weights=FLAGS.weights, report_dir=FLAGS.report_dir, tta_radius=FLAGS.tta_radius)

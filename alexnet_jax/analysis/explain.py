@@ -135,6 +135,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+  cli.quiet_libraries()
   try:
     out = FLAGS.out or os.path.join(FLAGS.workdir, "explain")
     result = explain_run(FLAGS.workdir, FLAGS.checkpoint, argv[1:], out, FLAGS.weights)

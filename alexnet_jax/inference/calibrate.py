@@ -1,8 +1,11 @@
-"""The calibration stage: the temperature of a trained run's checkpoint, fitted on validation and stored.
+"""The calibration stage: temperatures fitted on validation and stored for every checkpoint a user can load.
 
-`python -m alexnet_jax.main` runs it after training, for the checkpoint training ended on; it can be run on
-its own for any existing run (`calibrate_run(workdir, checkpoint)`), and `evaluate` runs it for a
-checkpoint that has no temperature yet. The fit and the file it is stored in are calibration.py's.
+`python -m alexnet_jax.main` runs it after training: for the checkpoints that `predict`, `serve`,
+`evaluate` and `export` load by name (best and latest) and for each kind of weights the run kept (raw,
+and their moving average where kept), so that none of them serves uncalibrated probabilities. It can be
+run on its own for an existing run (`calibrate_run(workdir)`, or one checkpoint: `calibrate_checkpoint`),
+and `evaluate --checkpoint STEP` fits an older step on demand. The fit and the file it is stored in are
+calibration.py's. An entry already stored is kept as it is: nothing is restored to find that out.
 """
 
 from __future__ import annotations
@@ -13,30 +16,57 @@ from absl import logging
 
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.inference import calibration, trained_run
+from alexnet_jax.training import checkpointing
 
 
-def calibrate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto", *,
-                  store: bool = True) -> dict[str, Any] | None:
-  """Fits and stores the temperature of `checkpoint` (best | latest | a step) of the run in `workdir`,
-  with its `weights` (auto: the run's model), and returns the calibration entry: the temperature and
-  the validation and test splits' calibration error before and after it. An entry already stored is
-  returned as it is. None when the run holds no validation split to fit on. `store=False` (every process
-  but the first of a multi-process run) computes the entry without writing it."""
-  run = trained_run.load(workdir, checkpoint, weights, warn_if_uncalibrated=False)
-  stored = calibration.read_entries(workdir).get(calibration.entry_key(run.weights, run.step))
+def _loadable(workdir: str, config: Any) -> list[tuple[int, str]]:
+  """(step, weights) of every checkpoint loadable by name (best, latest) and every kind of weights kept."""
+  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints", read_only=True)
+  try:
+    steps = {checkpointing.resolve_step(checkpointer, "latest")}
+    if checkpointer.best_step() is not None:
+      steps.add(checkpointer.best_step())
+  finally:
+    checkpointer.close()
+  kinds = ["raw"] + (["ema"] if trained_run.resolve_weights(config, "auto") == "ema" else [])
+  return [(step, weights) for step in sorted(steps) for weights in kinds]
+
+
+def calibrate_checkpoint(workdir: str, step: int, weights: str, splits: dict[str, Any] | None = None, *,
+                         store: bool = True) -> dict[str, Any] | None:
+  """The calibration entry of one checkpoint's weights ("raw" or "ema"): the stored one, else one fitted
+  now on validation (and stored unless `store` is False: every process but the first of a multi-process
+  run). None when the run holds no validation split to fit on. `splits` saves loading the data again."""
+  stored = calibration.read_entries(workdir).get(calibration.entry_key(weights, step))
   if stored is not None:
     return stored
+  run = trained_run.load(workdir, str(step), weights, warn_if_uncalibrated=False)
   batch_size = run.config.eval_batch_size
-  splits = input_pipeline.load_mnist(run.config.data, batch_size)
+  if splits is None:
+    splits = input_pipeline.load_mnist(run.config.data, batch_size)
   if "validation" not in splits:
     logging.warning("%s: no validation split (data.validation_size=0): probabilities stay uncalibrated",
                     workdir)
     return None
   test = run.split_logits(splits["test"], batch_size) if "test" in splits else None
-  entry = calibration.calibrate(workdir, run.weights, run.step, run.split_logits(splits["validation"],
-                                                                                 batch_size), test,
-                                store=store)
-  logging.info("calibration of %s weights at step %d: temperature %.4f (fitted on validation); test "
-               "calibration error %.4f -> %.4f", run.weights, run.step, entry["temperature"],
+  validation = run.split_logits(splits["validation"], batch_size)
+  entry = calibration.calibrate(workdir, weights, step, validation, test, store=store)
+  logging.info("calibration of the %s weights at step %d: temperature %.4f (fitted on validation); test "
+               "calibration error %.4f -> %.4f", weights, step, entry["temperature"],
                entry.get("test_ece_before", float("nan")), entry.get("test_ece_after", float("nan")))
   return entry
+
+
+def calibrate_run(workdir: str, *, store: bool = True) -> list[dict[str, Any]]:
+  """Every loadable checkpoint's entries (best and latest; raw and moving-average weights where kept),
+  fitted where missing; the data is loaded once, and only if something is missing."""
+  config = trained_run.load_config(workdir)
+  missing = [(step, weights) for step, weights in _loadable(workdir, config)
+             if calibration.entry_key(weights, step) not in calibration.read_entries(workdir)]
+  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size) if missing else None
+  entries = []
+  for step, weights in _loadable(workdir, config):
+    entry = calibrate_checkpoint(workdir, step, weights, splits, store=store)
+    if entry is not None:
+      entries.append(entry)
+  return entries

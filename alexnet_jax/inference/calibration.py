@@ -13,16 +13,27 @@ probabilities over shifted views, which changes their confidence: its temperatur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
+
+try:
+  import fcntl
+except ImportError:  # Windows
+  fcntl = None
+  import msvcrt
 
 import numpy as np
 import scipy.optimize
 import scipy.special
+from absl import logging
 
 from alexnet_jax.analysis import classification_metrics
+from alexnet_jax.training import metric_logging
 
 CALIBRATION_FILE = "calibration.json"
 # T outside this range means broken logits, not a calibration: the fit stops at the bounds.
@@ -66,15 +77,62 @@ def entry_key(weights: str, step: int, tta_radius: int = 0) -> str:
   return f"{weights}@{step}" + (f"+tta{tta_radius}" if tta_radius else "")
 
 
+def _read(path: str) -> dict[str, dict[str, Any]]:
+  """The entries of a calibration file; ValueError or OSError if it cannot be read as such."""
+  with open(path) as f:
+    entries = json.load(f)
+  if not isinstance(entries, dict):
+    raise ValueError(f"a JSON {type(entries).__name__}, not an object of entries")
+  return entries
+
+
 def read_entries(workdir: str) -> dict[str, dict[str, Any]]:
+  """Every stored entry ({} if there is no file). A damaged file reads as empty, with a warning: its
+  temperatures are fitted again where needed, and the next store moves the damaged file aside."""
   path = os.path.join(workdir, CALIBRATION_FILE)
   if not os.path.exists(path):
     return {}
   try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):  # A damaged file costs a refit, not the run.
+    return _read(path)
+  except (OSError, ValueError) as e:
+    logging.warning("%s cannot be read (%s: %s): probabilities uncalibrated until a temperature is fitted "
+                    "again", path, type(e).__name__, e)
     return {}
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+  """Holds an exclusive lock on `path` + ".lock" (two `evaluate` runs storing at once: one waits)."""
+  with open(path + ".lock", "a+") as handle:
+    if fcntl is not None:
+      fcntl.flock(handle, fcntl.LOCK_EX)
+    else:  # Windows
+      msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+    try:
+      yield
+    finally:
+      if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+      else:
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def _store(workdir: str, key: str, entry: dict[str, Any]) -> None:
+  """Adds one entry: read, changed and renamed into place under the lock, so that concurrent writers
+  lose no entry and a kill never leaves half a file. A damaged file is moved aside first, never lost."""
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  with _exclusive(path):
+    entries = {}
+    if os.path.exists(path):
+      try:
+        entries = _read(path)
+      except (OSError, ValueError) as e:
+        kept = f"{path}.damaged-{int(time.time())}"
+        os.replace(path, kept)
+        logging.warning("%s was damaged (%s: %s); moved it to %s and starting it again", path,
+                        type(e).__name__, e, kept)
+    entries[key] = entry
+    metric_logging.write_atomically(path, json.dumps(entries, indent=2, sort_keys=True))
 
 
 def stored_temperature(workdir: str, weights: str, step: int, tta_radius: int = 0) -> float | None:
@@ -97,10 +155,5 @@ def calibrate(workdir: str, weights: str, step: int, validation: tuple[np.ndarra
     entry["tta_radius"] = tta_radius
   if not store:
     return entry
-  entries = read_entries(workdir)
-  entries[entry_key(weights, step, tta_radius)] = entry
-  path = os.path.join(workdir, CALIBRATION_FILE)
-  with open(path + ".tmp", "w") as f:  # renamed into place: a crash never leaves half a file
-    json.dump(entries, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  _store(workdir, entry_key(weights, step, tta_radius), entry)
   return entry

@@ -189,6 +189,11 @@ def export_run(workdir: str, which: str, export_format: str, out: str, weights: 
   """Writes the run's network in `export_format` to `out`; returns the path written."""
   if export_format not in FORMATS:
     raise ExportError(f"--format={export_format!r}: expected one of {', '.join(FORMATS)}")
+  if export_format == "onnx":
+    try:
+      import onnx  # noqa: F401, PLC0415 - an optional dependency: say so before any work is done
+    except ImportError:
+      raise ExportError("--format=onnx needs the `export` extra: pip install -e '.[export]'") from None
   directory = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
     raise ExportError(f"{out}: cannot write there ({directory} is not a writable folder)")
@@ -210,6 +215,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+  cli.quiet_libraries()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   try:

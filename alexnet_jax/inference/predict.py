@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image, ImageOps
 
 from alexnet_jax import cli
@@ -55,6 +55,17 @@ class ImageTooLargeError(ImageError):
   """An image over the size a caller accepts."""
 
 
+class UnsupportedFormatError(ImageError):
+  """Bytes that are not in one of the formats a caller accepts."""
+
+
+# The first bytes of the formats `decode_image(formats=...)` can be limited to: anything else is refused
+# from these bytes alone, before any of Pillow's decoders reads it.
+SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
+# Modes that Image.reduce averages correctly; others (palette, 1-bit, 16-bit) are converted first.
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK")
+
+
 def read_image(path: str) -> np.ndarray:
   """The file as a float greyscale array in [0, 1]; transparency is composited onto white."""
   if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -70,31 +81,63 @@ def read_image(path: str) -> np.ndarray:
     raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-def decode_image(data: bytes, name: str = "image", max_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, name: str = "image", max_side: int | None = None,
+                 formats: Sequence[str] | None = None, work_side: int | None = None) -> np.ndarray:
   """Encoded image bytes (PNG, JPEG, ...) -> greyscale in [0, 1], as `read_image` reads a file.
 
-  `max_side` refuses larger images before their pixels are decoded."""
+  `max_side` refuses larger images (ImageTooLargeError) before their pixels are decoded. `formats` (names
+  in `SIGNATURES`) refuses bytes in any other format (UnsupportedFormatError) before any decoder sees them.
+  `work_side` scales larger images down to at most that many pixels a side while they are still 8-bit
+  (JPEG inside the decoder), so that no float copy of a large image is ever made. Any failure of Pillow
+  on these bytes is an ImageError: ImageTooLargeError for MemoryError and DecompressionBombError."""
   if not data:
     raise ImageError(f"{name}: empty")
+  if formats is not None:
+    unknown = [f for f in formats if f not in SIGNATURES]
+    if unknown:
+      raise ValueError(f"decode_image: no signature known for {unknown}; known: {sorted(SIGNATURES)}")
+    if not any(data.startswith(s) for f in formats for s in SIGNATURES[f]):
+      raise UnsupportedFormatError(f"{name}: not a {' or '.join(formats)} image (only these are read)")
   try:
-    with Image.open(io.BytesIO(data)) as opened:
+    with Image.open(io.BytesIO(data), formats=None if formats is None else list(formats)) as opened:
       width, height = opened.size
       if max_side is not None and max(width, height) > max_side:
         raise ImageTooLargeError(f"{name}: {width}x{height} pixels, more than {max_side} a side")
-      return _greyscale(opened)
+      return _greyscale(opened, work_side)
   except ImageError:
     raise
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+  except (MemoryError, Image.DecompressionBombError) as e:
+    raise ImageTooLargeError(f"{name}: too large to decode ({type(e).__name__}: {e})") from None
+  except Exception as e:  # hostile bytes make Pillow raise many types (OSError, SyntaxError, struct.error,
+    # IndexError, NotImplementedError, OverflowError, ...): each one is this input's fault, not the caller's
     raise ImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-def _greyscale(opened: Image.Image) -> np.ndarray:
-  image = ImageOps.exif_transpose(opened)  # phone photos: honour the camera's orientation
+def _greyscale(opened: Image.Image, work_side: int | None = None) -> np.ndarray:
+  image = opened
+  if work_side is not None and max(image.size) > work_side:
+    image = _reduced(image, work_side)
+  image = ImageOps.exif_transpose(image)  # phone photos: honour the camera's orientation
   if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
     image = image.convert("RGBA")
     paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
     image = Image.alpha_composite(paper, image)
   return np.asarray(image.convert("L"), np.float32) / 255.0
+
+
+def _reduced(opened: Image.Image, work_side: int) -> Image.Image:
+  """`opened` at most `work_side` pixels a side, averaged over whole blocks of pixels (Image.reduce: by an
+  integer factor, alpha premultiplied). A JPEG is decoded at 1/2, 1/4 or 1/8 scale by its decoder
+  (`draft`), so its full-size pixels never exist; the EXIF orientation is kept for `exif_transpose`."""
+  width, height = opened.size
+  longest = max(width, height)
+  opened.draft(None, (max(1, width * work_side // longest), max(1, height * work_side // longest)))
+  image = opened
+  if image.mode not in _REDUCIBLE_MODES:
+    transparent = image.mode == "PA" or "transparency" in image.info
+    image = image.convert("RGBA" if transparent else "L")
+  factor = math.ceil(max(image.size) / work_side)
+  return image.reduce(factor) if factor > 1 else image
 
 
 def to_greyscale(image: np.ndarray) -> np.ndarray:
@@ -248,8 +291,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  if not FLAGS["verbosity"].present:  # Orbax logs every restore at INFO: keep the output to predictions
-    logging.set_verbosity(logging.ERROR)
+  cli.quiet_libraries()  # the libraries' INFO lines hidden; warnings (uncalibrated probabilities) shown
   paths = expand_paths(argv[1:])
   if not paths:
     sys.exit("error: no images given: python -m alexnet_jax.predict --workdir DIR IMAGE [IMAGE ...]")

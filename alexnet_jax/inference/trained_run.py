@@ -21,7 +21,7 @@ from absl import logging
 
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.inference import calibration, test_time_augmentation
-from alexnet_jax.model import alexnet
+from alexnet_jax.model import alexnet, cpu_kernels, onednn_build
 from alexnet_jax.training import checkpointing, run_config
 
 WEIGHTS_CHOICES = ("auto", "raw", "ema")
@@ -75,8 +75,49 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise checkpointing.CheckpointError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    return run_config.upgrade(json.load(f))
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise checkpointing.CheckpointError(f"{path} cannot be read ({checkpointing.describe(e)})") from None
+  if not isinstance(saved, dict):
+    raise checkpointing.CheckpointError(f"{path} holds no config (a JSON {type(saved).__name__})")
+  return run_config.upgrade(saved)
+
+
+def _inference_model(config: ml_collections.ConfigDict) -> alexnet.AlexNet:
+  """The run's network. A run trained with conv_impl=onednn, loaded where the extension cannot be had,
+  gets XLA's convolutions (the same parameters and function, to rounding) and one warning line."""
+  if config.model.conv_impl == "onednn":
+    try:
+      cpu_kernels.resolve_conv_impl("onednn")
+    except onednn_build.OnednnUnavailableError as e:
+      logging.warning("trained with conv_impl=onednn, unavailable here (%s): XLA's convolutions instead", e)
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.model.conv_impl = "xla"
+  return alexnet.create_model(config.model)
+
+
+def _restore(checkpointer: checkpointing.Checkpointer, which: str, target: Any) -> tuple[int, Any]:
+  """(step, variables) of checkpoint `which`. For `latest` and `best`, a checkpoint proven damaged is
+  passed over for the newest one that restores, with a warning (nothing is moved: inference only reads);
+  a step asked for by number, and any failure that is not damage, is a one-line CheckpointError."""
+  step = checkpointing.resolve_step(checkpointer, which)
+  candidates = [step] + ([s for s in reversed(checkpointer.all_steps()) if s != step]
+                         if which in checkpointing.CHECKPOINT_CHOICES else [])
+  for candidate in candidates:
+    try:
+      variables = checkpointer.restore_subtree(candidate, target)
+    except Exception as e:  # noqa: BLE001 - sorted into damage and everything else
+      if not checkpointing.is_damage(e) or candidate == candidates[-1]:
+        raise checkpointing.CheckpointError(
+            f"checkpoint at step {candidate} in {checkpointer.directory} cannot be read "
+            f"({checkpointing.describe(e)})") from None
+      logging.warning("checkpoint at step %d in %s is damaged (%s); using the one before it", candidate,
+                      checkpointer.directory, checkpointing.describe(e))
+      continue
+    return candidate, variables
+  raise AssertionError("unreachable")
 
 
 def resolve_weights(config: ml_collections.ConfigDict, weights: str) -> str:
@@ -101,7 +142,7 @@ def load(workdir: str, which: str = "best", weights: str = "auto", tta_radius: i
     raise checkpointing.CheckpointError(f"--tta_radius={tta_radius}: expected 0 (off) or more pixels")
   config = load_config(workdir)
   weights = resolve_weights(config, weights)
-  model = alexnet.create_model(config.model)
+  model = _inference_model(config)
   # Shapes and dtypes only: nothing is initialised or compiled to learn what to restore.
   shapes = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(0)},
@@ -111,8 +152,7 @@ def load(workdir: str, which: str = "best", weights: str = "auto", tta_radius: i
     target = {"ema": target}
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
-    step = checkpointing.resolve_step(checkpointer, which)
-    variables = checkpointer.restore_subtree(step, target)
+    step, variables = _restore(checkpointer, which, target)
   finally:
     checkpointer.close()
   if weights == "ema":

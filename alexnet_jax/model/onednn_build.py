@@ -91,30 +91,78 @@ def _compile(output: pathlib.Path, library: pathlib.Path, include: pathlib.Path)
     os.replace(partial, output)
 
 
+def library_path() -> pathlib.Path:
+  """Where the extension for this environment is cached (whether or not it has been built yet)."""
+  return cache_dir() / _cache_key(_dist_file(RUNTIME_DIST, "libdnnl.so.3")) / "libalexnet_onednn.so"
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
+
+
 @functools.cache
 def load() -> Extension:
   """Builds (once per environment) and loads the extension, and registers its FFI targets.
 
-  Raises OnednnUnavailableError with a one-line reason where that cannot be done.
+  A cached library that does not load (a truncated or corrupt file) is rebuilt once. Raises
+  OnednnUnavailableError with a one-line reason where the extension cannot be had.
   """
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
     raise OnednnUnavailableError(f"the oneDNN extension is built for x86-64 Linux only, not "
-                            f"{platform.system()} {platform.machine()}")
+                                 f"{platform.system()} {platform.machine()}")
   library = _dist_file(RUNTIME_DIST, "libdnnl.so.3")
   include = _dist_file(HEADERS_DIST, "oneapi/dnnl/dnnl.hpp").parents[2]
-  path = cache_dir() / _cache_key(library) / "libalexnet_onednn.so"
-  build_seconds = 0.0
-  if not path.exists():
+  path = library_path()
+
+  def build() -> float:
     start = time.perf_counter()
     _compile(path, library, include)
-    build_seconds = time.perf_counter() - start
+    return time.perf_counter() - start
+
+  built_now = not path.exists()
+  build_seconds = build() if built_now else 0.0
   try:
-    lib = ctypes.cdll.LoadLibrary(str(path))
+    lib = ctypes.CDLL(str(path))
   except OSError as error:
-    raise OnednnUnavailableError(f"loading {path} failed: {error}") from None
+    if built_now:  # a fresh build that does not load: building it again would not do better
+      raise OnednnUnavailableError(f"loading {path} failed: {_one_line(error)}") from None
+    # The cached file is broken (truncated, corrupt): rebuild it once. A library that failed to load leaves
+    # nothing loaded under its path, so the rebuilt file there loads afresh.
+    try:
+      build_seconds = build()
+      lib = ctypes.CDLL(str(path))
+    except (OnednnUnavailableError, OSError) as rebuild_error:
+      raise OnednnUnavailableError(f"the cached {path} did not load ({_one_line(error)}) and rebuilding it "
+                                   f"failed: {_one_line(rebuild_error)}") from None
   for target, symbol in _HANDLER_SYMBOLS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.alexnet_onednn_version.restype = ctypes.c_char_p
   lib.alexnet_onednn_has_bf16.restype = ctypes.c_bool
   return Extension(path, lib.alexnet_onednn_version().decode(), build_seconds, lib.alexnet_onednn_has_bf16())
 
+
+# --- Test hooks: what the library exposes for tests only (see csrc/onednn_conv.cc) --------------------
+
+PRIMITIVE_KINDS = ("forward", "input_gradient", "kernel_gradient", "kernel_gradient_matmul")
+
+
+def _library() -> ctypes.CDLL:
+  # The loaded extension's own handle: dlopen of a path already loaded returns that same library.
+  return ctypes.CDLL(str(load().path))
+
+
+def primitive_counts() -> dict[str, int]:
+  """How many oneDNN primitives of each kind this process has built (each is built on first use)."""
+  counts = (ctypes.c_int64 * len(PRIMITIVE_KINDS))()
+  _library().alexnet_onednn_primitive_counts(counts)
+  return dict(zip(PRIMITIVE_KINDS, counts, strict=True))
+
+
+def set_test_failure(failure: str | None) -> None:
+  """Makes every later convolution call throw inside the library, before any work: "bad_alloc",
+  "runtime_error" or "not_std" (an object that is no std::exception); None stops that. For tests of the
+  handlers' error path only."""
+  setter = _library().alexnet_onednn_set_test_failure
+  setter.argtypes, setter.restype = [ctypes.c_char_p], ctypes.c_bool
+  if not setter((failure or "").encode()):
+    raise ValueError(f"unknown test failure {failure!r}")

@@ -3,12 +3,16 @@
 Orbax writes each checkpoint to a temporary directory and renames it when complete, and deletes old
 checkpoints only after the newer one is finalised, so a kill at any moment leaves the previous checkpoints
 intact. What Orbax cannot know is whether a finished checkpoint was later damaged (a truncated file, a disk
-error): `restore_latest` tries the newest checkpoint first and, if it does not restore, moves it aside into
-`corrupt/` (nothing is deleted) and falls back to the one before, with a warning.
+error): `restore_latest` tries the newest checkpoint first and, if it is proven damaged (`is_damage`: the
+errors Orbax and TensorStore give for truncated, missing or undecodable files and unreadable metadata),
+moves it aside into `corrupt_checkpoints/` (nothing is deleted) and falls back to the one before, with a
+warning. Any other failure (no permission, a full disk, no memory, a state tree that changed) is not
+damage: it stops with one line naming the checkpoint and the cause, and nothing is moved.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,6 +29,45 @@ ITEM_NAME = "default"  # where CheckpointManager puts a single unnamed item
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint where one was asked for."""
+
+
+class AllCheckpointsDamagedError(CheckpointError):
+  """A run had checkpoints and every one of them was damaged (all moved aside)."""
+
+
+# TensorStore's status codes (the start of its errors' messages) for files that are truncated, missing or
+# do not decode; PERMISSION_DENIED, RESOURCE_EXHAUSTED and the rest say nothing about the bytes.
+_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
+_NOT_DAMAGE_CODES = ("PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "ABORTED")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a failed restore proves the checkpoint's bytes damaged: an undecodable metadata file, a
+  missing file, or TensorStore's DATA_LOSS / OUT_OF_RANGE / NOT_FOUND; and nothing in the error's chain
+  points elsewhere (no permission, no memory, no space)."""
+  chain = _chain(error)
+  for e in chain:
+    if isinstance(e, (PermissionError, MemoryError)) or (
+        isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno is not None):
+      return False
+    if str(e).startswith(_NOT_DAMAGE_CODES):
+      return False
+  return any(isinstance(e, (json.JSONDecodeError, FileNotFoundError)) or str(e).startswith(_DAMAGE_CODES)
+             for e in chain)
+
+
+def describe(error: BaseException) -> str:
+  """The first line of an error, with its type: what a one-line message shows of it."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def abstract_like(state: Any) -> Any:
@@ -51,7 +94,10 @@ class Checkpointer:
         read_only=read_only,
         enable_async_checkpointing=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except OSError as e:  # unreadable or unwritable: the run cannot know what it holds
+      raise CheckpointError(f"{self.directory}: cannot open the checkpoints ({describe(e)})") from None
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -85,15 +131,29 @@ class Checkpointer:
           partial_restore=True))
 
   def restore_latest(self, target: Any) -> tuple[Any, int] | tuple[None, None]:
-    """The newest checkpoint that restores, falling back past corrupt ones; (None, None) if none."""
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    """The newest checkpoint that restores; (None, None) if there is none.
+
+    A checkpoint proven damaged (`is_damage`) is moved aside and the one before it tried. Any other
+    failure raises CheckpointError and moves nothing; so does a run whose checkpoints were all damaged
+    (AllCheckpointsDamagedError): it never silently starts over.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
       try:
         return self.restore(step, target), step
-      except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many different ways.
+      except Exception as e:  # noqa: BLE001 - sorted below into damage and everything else
+        if not is_damage(e):
+          raise CheckpointError(
+              f"checkpoint at step {step} in {self.directory} cannot be read ({describe(e)}); nothing was "
+              "moved or changed: fix the cause and rerun") from e
         moved_to = self._quarantine(step)
-        logging.warning("checkpoint at step %d does not restore (%s: %s); moved it to %s and "
-                        "falling back to the previous one", step, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "", moved_to)
+        logging.warning("checkpoint at step %d is damaged (%s); moved it to %s and falling back to the "
+                        "previous one", step, describe(e), moved_to)
+    if steps:
+      raise AllCheckpointsDamagedError(
+          f"every checkpoint in {self.directory} was damaged (steps {sorted(steps)}, moved to "
+          f"{os.path.join(os.path.dirname(self.directory), 'corrupt_checkpoints')}); rerun with "
+          "--start_over to train again from step 0")
     return None, None
 
   def _quarantine(self, step: int) -> str:

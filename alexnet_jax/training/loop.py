@@ -54,8 +54,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise run_config.ConfigError(
           f"config.{changed[0]}: differs from the run already in {workdir} (changed: "
           f"{', '.join(changed)}); resume with the same config or use a new workdir")
-  with open(path, "w") as f:
-    json.dump(new, f, indent=2, sort_keys=True)
+  metric_logging.write_atomically(path, json.dumps(new, indent=2, sort_keys=True))
 
 
 
@@ -93,8 +92,22 @@ def _divergence_message(what: str, step: int, last_good_step: int | None, direct
           "try a lower learning_rate")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _finished_record(workdir: str, total_steps: int) -> dict[str, Any] | None:
+  """The final record of a run that finished (its last record has a fingerprint at the last step, whose
+  checkpoint is on disk), read without restoring anything."""
+  records = metric_logging.read_metrics(workdir)
+  if records and "params_sha256" in records[-1] and records[-1]["step"] >= total_steps and os.path.isdir(
+      os.path.join(workdir, "checkpoints", str(records[-1]["step"]))):
+    return records[-1]
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start_over: bool = False
+                       ) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir` and returns its final record.
+
+  A finished run is reported as such before anything is restored. When the run has checkpoints and every
+  one is damaged, it stops (AllCheckpointsDamagedError) unless `start_over`: then it trains from step 0.
 
   This is the loop's policy: when to log, evaluate, save and stop. How a step runs (devices, data order,
   compiled programs) is `engine.Engine`'s, shared with the experiments.
@@ -108,8 +121,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("devices: %d x %s, data-parallel by %s, convolutions by %s, compute dtype %s",
                jax.device_count(), jax.devices()[0].device_kind, run.strategy.name, run.model.conv_impl,
                jnp.dtype(run.model.dtype).name)
-  splits = run.load_data()
   total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
+  finished = _finished_record(workdir, total_steps)
+  if finished is not None:
+    logging.info("run already finished: params_sha256 %s", finished["params_sha256"])
+    return finished
+  splits = run.load_data()
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
   state = run.initial_state()
   logging.info("parameters: %d", sum(x.size for x in jax.tree.leaves(state.params)))
@@ -118,7 +135,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep_latest=config.keep_latest_checkpoints,
       track_best="validation" in splits)
-  restored, restored_step = checkpointer.restore_latest(state)
+  try:
+    restored, restored_step = checkpointer.restore_latest(state)
+  except checkpointing.AllCheckpointsDamagedError as e:
+    if not start_over:
+      checkpointer.close()
+      raise
+    logging.warning("%s; starting over from step 0 as asked (--start_over)", e)
+    restored, restored_step = None, None
+  except checkpointing.CheckpointError:
+    checkpointer.close()
+    raise
   if is_chief:  # Records written after the checkpoint we continue from describe a lost future.
     metric_logging.truncate_metrics(workdir, restored_step or 0)
   previous = metric_logging.read_metrics(workdir)
@@ -126,10 +153,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state = restored
     logging.info("resumed from the checkpoint at step %d", restored_step)
-    if restored_step >= total_steps and previous and "params_sha256" in previous[-1]:
-      logging.info("run already finished: params_sha256 %s", previous[-1]["params_sha256"])
-      checkpointer.close()
-      return previous[-1]
   state = run.place(state)
   step = restored_step or 0
 

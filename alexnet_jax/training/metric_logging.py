@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -20,24 +21,59 @@ TENSORBOARD_DIR = "tensorboard"
 EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
+class MetricsError(ValueError):
+  """metrics.jsonl is damaged somewhere other than a torn last line."""
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it over `path`: a kill at any moment
+  leaves either the old file or the new one, never half of one."""
+  directory, name = os.path.split(os.path.abspath(path))
+  handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(handle, "w") as f:
+      f.write(text)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All records of a run's metrics.jsonl (an empty list if there is none)."""
+  """All records of a run's metrics.jsonl (an empty list if there is none).
+
+  A last line cut short (a kill during its write: it has no newline and is not JSON) is dropped with a
+  warning; the next truncate_metrics removes it from the file. Damage anywhere else is a MetricsError
+  naming the line.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.readlines()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        logging.warning("%s: its last line was cut short (a run killed while writing it); ignoring it",
+                        path)
+        break
+      raise MetricsError(f"{path}, line {number}: not a JSON record ({e})") from None
+  return records
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops records with step > last_step, atomically (write a copy, then rename)."""
+  """Drops records with step > last_step (and a torn last line), atomically."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return
   records = [r for r in read_metrics(workdir) if r["step"] <= last_step]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-  os.replace(path + ".tmp", path)
+  write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _remove_event_files(directory: str) -> None:

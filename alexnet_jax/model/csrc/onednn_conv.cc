@@ -16,16 +16,28 @@
 // rounded to bfloat16 inside the call, and results and gradients come out in float32. oneDNN accumulates
 // in float32 in every case.
 //
-// Primitives are built once per shape and cached. Every call brings its own scratchpad and stream, so
-// concurrent calls (several simulated devices in one process) never share mutable state.
+// Primitives are built on first use, once per shape and per kind (forward, input gradient, kernel gradient),
+// so an inference-only program never builds backward ones, and cached. Every call brings its own scratchpad
+// and stream, so concurrent calls (several simulated devices in one process) never share mutable state.
+//
+// No exception leaves a handler: one escaping into XLA would end the whole process (std::terminate), so
+// each is turned into an ffi::Error, which JAX raises as a Python exception.
+//
+// For tests only, two exported functions besides the handlers: alexnet_onednn_primitive_counts (how many
+// primitives of each kind were built) and alexnet_onednn_set_test_failure (makes every later handler call
+// throw, to check the previous paragraph). onednn_build.py wraps both.
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -63,52 +75,119 @@ struct ConvShape {
   dims PadHigh() const { return {pb, pr}; }
 };
 
-// Everything one convolution shape needs, built on first use. Operands that are read come in the compute
-// type; results are written in the buffers' type.
-struct ConvPrimitives {
-  dnnl::convolution_forward::primitive_desc fwd_pd;
-  dnnl::convolution_forward fwd;
-  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
-  dnnl::convolution_backward_data bwd_data;
-  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
-  dnnl::convolution_backward_weights bwd_weights;
-  // The kernel gradient as one matrix product, (KH*KW*C, P) x (P, O) over the P = N*OH*OW output
-  // positions, of the unfolded input (im2col) and the output gradient. See KernelGradientByMatmul.
-  dnnl::matmul::primitive_desc matmul_pd;
-  dnnl::matmul matmul;
+// How many primitives of each kind were built in this process (alexnet_onednn_primitive_counts).
+enum PrimitiveKind { kForward, kInputGradient, kKernelGradient, kKernelGradientMatmul, kPrimitiveKinds };
+std::atomic<int64_t> primitives_built[kPrimitiveKinds];
 
-  explicit ConvPrimitives(const ConvShape& s) {
-    auto& engine = CpuEngine();
-    const auto direct = dnnl::algorithm::convolution_direct;
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    // `any` for kernels: oneDNN picks its fastest blocked layout.
-    const auto weights = s.Weights(s.compute, tag::any);
-    fwd_pd = dnnl::convolution_forward::primitive_desc(
-        engine, dnnl::prop_kind::forward_training, direct, s.Src(s.compute), weights, s.Dst(s.io),
-        s.Strides(), s.PadLow(), s.PadHigh(), attr);
-    fwd = dnnl::convolution_forward(fwd_pd);
-    // The backward passes' hint: the forward pass as the backward one sees it (gradients in `compute`).
-    auto hint = dnnl::convolution_forward::primitive_desc(
-        engine, dnnl::prop_kind::forward_training, direct, s.Src(s.compute), weights, s.Dst(s.compute),
-        s.Strides(), s.PadLow(), s.PadHigh());
-    bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
-        engine, direct, s.Src(s.io), weights, s.Dst(s.compute), s.Strides(), s.PadLow(), s.PadHigh(), hint,
-        attr);
-    bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
-    bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-        engine, direct, s.Src(s.compute), s.Weights(s.io, tag::any), s.Dst(s.compute), s.Strides(),
-        s.PadLow(), s.PadHigh(), hint, attr);
-    bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
-    const int64_t k = s.kh * s.kw * s.c, positions = s.n * s.oh * s.ow;
-    matmul_pd = dnnl::matmul::primitive_desc(
-        engine, dnnl::memory::desc({k, positions}, s.compute, dims{1, k}),  // the unfolded input, transposed
-        dnnl::memory::desc({positions, s.o}, s.compute, dims{s.o, 1}),
-        dnnl::memory::desc({k, s.o}, s.io, dims{s.o, 1}), attr);  // HWIO, row-major (kh, kw, c) x o
-    matmul = dnnl::matmul(matmul_pd);
+// One primitive with the descriptor it was made from.
+template <typename Primitive, PrimitiveKind kind>
+struct Built {
+  typename Primitive::primitive_desc pd;
+  Primitive primitive;
+
+  explicit Built(typename Primitive::primitive_desc desc) : pd(std::move(desc)), primitive(pd) {
+    primitives_built[kind].fetch_add(1, std::memory_order_relaxed);
   }
 };
 
+// A value built by the first call that asks for it. Only calls that want this very value wait for that
+// build (each Lazy has its own lock); later calls read it without locking. An exception from the build
+// leaves it unbuilt, and the next call tries again.
+template <typename T>
+class Lazy {
+ public:
+  template <typename Make>
+  const T& Get(Make make) {
+    if (const T* ready = ready_.load(std::memory_order_acquire)) return *ready;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!value_) {
+      value_ = std::make_unique<T>(make());
+      ready_.store(value_.get(), std::memory_order_release);
+    }
+    return *value_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unique_ptr<T> value_;
+  std::atomic<const T*> ready_{nullptr};
+};
+
+using ForwardPrimitive = Built<dnnl::convolution_forward, kForward>;
+using InputGradientPrimitive = Built<dnnl::convolution_backward_data, kInputGradient>;
+using KernelGradientPrimitive = Built<dnnl::convolution_backward_weights, kKernelGradient>;
+using MatmulPrimitive = Built<dnnl::matmul, kKernelGradientMatmul>;
+
+// Everything one convolution shape needs, each kind built on its first use. Operands that are read come in
+// the compute type; results are written in the buffers' type.
+class ConvPrimitives {
+ public:
+  explicit ConvPrimitives(const ConvShape& s) : s_(s) {
+    attr_.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  }
+
+  const ForwardPrimitive& Forward() {
+    return forward_.Get([&] {
+      return ForwardPrimitive(dnnl::convolution_forward::primitive_desc(
+          CpuEngine(), dnnl::prop_kind::forward_training, kDirect, s_.Src(s_.compute), AnyWeights(),
+          s_.Dst(s_.io), s_.Strides(), s_.PadLow(), s_.PadHigh(), attr_));
+    });
+  }
+
+  const InputGradientPrimitive& InputGradient() {
+    return input_gradient_.Get([&] {
+      return InputGradientPrimitive(dnnl::convolution_backward_data::primitive_desc(
+          CpuEngine(), kDirect, s_.Src(s_.io), AnyWeights(), s_.Dst(s_.compute), s_.Strides(), s_.PadLow(),
+          s_.PadHigh(), Hint(), attr_));
+    });
+  }
+
+  const KernelGradientPrimitive& KernelGradient() {
+    return kernel_gradient_.Get([&] {
+      return KernelGradientPrimitive(dnnl::convolution_backward_weights::primitive_desc(
+          CpuEngine(), kDirect, s_.Src(s_.compute), s_.Weights(s_.io, tag::any), s_.Dst(s_.compute),
+          s_.Strides(), s_.PadLow(), s_.PadHigh(), Hint(), attr_));
+    });
+  }
+
+  // The kernel gradient as one matrix product, (KH*KW*C, P) x (P, O) over the P = N*OH*OW output
+  // positions, of the unfolded input (im2col) and the output gradient. See UseMatmulForKernelGradient.
+  const MatmulPrimitive& KernelGradientMatmul() {
+    return matmul_.Get([&] {
+      const int64_t k = s_.kh * s_.kw * s_.c, positions = s_.n * s_.oh * s_.ow;
+      return MatmulPrimitive(dnnl::matmul::primitive_desc(
+          CpuEngine(), dnnl::memory::desc({k, positions}, s_.compute, dims{1, k}),  // unfolded, transposed
+          dnnl::memory::desc({positions, s_.o}, s_.compute, dims{s_.o, 1}),  // NHWC's bytes as (P, O)
+          dnnl::memory::desc({k, s_.o}, s_.io, dims{s_.o, 1}), attr_));  // HWIO, row-major (kh, kw, c) x o
+    });
+  }
+
+ private:
+  static constexpr dnnl::algorithm kDirect = dnnl::algorithm::convolution_direct;
+
+  // `any` for kernels: oneDNN picks its fastest blocked layout.
+  dnnl::memory::desc AnyWeights() const { return s_.Weights(s_.compute, tag::any); }
+
+  // The backward passes' hint: the forward pass as the backward one sees it (gradients in `compute`).
+  const dnnl::convolution_forward::primitive_desc& Hint() {
+    return hint_.Get([&] {
+      return dnnl::convolution_forward::primitive_desc(
+          CpuEngine(), dnnl::prop_kind::forward_training, kDirect, s_.Src(s_.compute), AnyWeights(),
+          s_.Dst(s_.compute), s_.Strides(), s_.PadLow(), s_.PadHigh());
+    });
+  }
+
+  const ConvShape s_;
+  dnnl::primitive_attr attr_;
+  Lazy<dnnl::convolution_forward::primitive_desc> hint_;
+  Lazy<ForwardPrimitive> forward_;
+  Lazy<InputGradientPrimitive> input_gradient_;
+  Lazy<KernelGradientPrimitive> kernel_gradient_;
+  Lazy<MatmulPrimitive> matmul_;
+};
+
+// The shape's entry, created empty (nothing built) where new. The lock guards only the map; the
+// primitives are built later, outside it, under their own Lazy's lock.
 ConvPrimitives& PrimitivesFor(const ConvShape& shape) {
   static std::mutex mutex;
   static std::map<decltype(shape.Key()), std::unique_ptr<ConvPrimitives>> cache;
@@ -172,11 +251,14 @@ bool UseMatmulForKernelGradient(const ConvShape& s) {
 }
 
 // The input unfolded into rows of KH*KW*C, one per output position (zeros where the window hangs over
-// the padding), in the compute type.
-dnnl::memory Unfold(const ConvShape& s, dnnl::memory& src) {
-  const int64_t k = s.kh * s.kw * s.c, positions = s.n * s.oh * s.ow;
-  dnnl::memory cols(dnnl::memory::desc({positions, k}, s.compute, dims{k, 1}), CpuEngine());
+// the padding), in the compute type, written into `cols`: the matrix product's source, (KH*KW*C, P) with
+// strides (1, KH*KW*C), whose bytes are those rows one after the other.
+void Unfold(const ConvShape& s, const dnnl::memory& src, dnnl::memory& cols) {
+  const int64_t k = s.kh * s.kw * s.c;
   const size_t item = dnnl::memory::data_type_size(s.compute), row_bytes = s.c * item;
+  if (cols.get_desc().get_size() != static_cast<size_t>(s.n * s.oh * s.ow * k) * item) {
+    throw std::logic_error("the unfolded input's buffer has the wrong size");
+  }
   const char* in = static_cast<const char*>(src.get_data_handle());
   char* out = static_cast<char*>(cols.get_data_handle());
 #pragma omp parallel for collapse(2)
@@ -198,7 +280,16 @@ dnnl::memory Unfold(const ConvShape& s, dnnl::memory& src) {
       }
     }
   }
-  return cols;
+}
+
+// The bytes of `memory` under the descriptor a primitive wants, where the two describe the same dense
+// bytes with other dimensions (an NHWC tensor as an (N*H*W, C) matrix): no copy.
+dnnl::memory Viewed(const dnnl::memory& memory, const dnnl::memory::desc& wanted) {
+  const dnnl::memory::desc has = memory.get_desc();
+  if (has.get_data_type() != wanted.get_data_type() || has.get_size() != wanted.get_size()) {
+    throw std::logic_error("a buffer does not fit the descriptor the primitive wants");
+  }
+  return dnnl::memory(wanted, CpuEngine(), memory.get_data_handle());
 }
 
 struct Call {
@@ -209,53 +300,98 @@ struct Call {
   dnnl::memory User(const dnnl::memory::desc& desc, void* data) {
     return dnnl::memory(desc, CpuEngine(), data);
   }
-  dnnl::memory Src(void* x) { return AsWanted(User(s.Src(s.io), x), s.Src(s.compute), stream); }
+  // Operands as the primitive's descriptor wants them (for a convolution: the compute type, channels-last).
+  dnnl::memory Src(void* x, const dnnl::memory::desc& wanted) {
+    return AsWanted(User(s.Src(s.io), x), wanted, stream);
+  }
   dnnl::memory DiffDst(void* dy) { return AsWanted(User(s.Dst(s.io), dy), s.Dst(s.compute), stream); }
   dnnl::memory Weights(void* w, const dnnl::memory::desc& wanted) {
     return AsWanted(User(s.Weights(s.io, tag::hwio), w), wanted, stream);
   }
 
   void Forward(void* x, void* w, void* y) {
-    p.fwd.execute(stream, {{DNNL_ARG_SRC, Src(x)}, {DNNL_ARG_WEIGHTS, Weights(w, p.fwd_pd.weights_desc())},
-                           {DNNL_ARG_DST, User(s.Dst(s.io), y)},
-                           {DNNL_ARG_SCRATCHPAD, Scratchpad(p.fwd_pd.scratchpad_desc())}});
+    const auto& f = p.Forward();
+    f.primitive.execute(stream, {{DNNL_ARG_SRC, Src(x, f.pd.src_desc())},
+                                 {DNNL_ARG_WEIGHTS, Weights(w, f.pd.weights_desc())},
+                                 {DNNL_ARG_DST, User(s.Dst(s.io), y)},
+                                 {DNNL_ARG_SCRATCHPAD, Scratchpad(f.pd.scratchpad_desc())}});
   }
 
-  void InputGradient(dnnl::memory& diff_dst, void* w, void* dx) {
-    p.bwd_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
-                                {DNNL_ARG_WEIGHTS, Weights(w, p.bwd_data_pd.weights_desc())},
-                                {DNNL_ARG_DIFF_SRC, User(s.Src(s.io), dx)},
-                                {DNNL_ARG_SCRATCHPAD, Scratchpad(p.bwd_data_pd.scratchpad_desc())}});
+  void InputGradient(const dnnl::memory& diff_dst, void* w, void* dx) {
+    const auto& g = p.InputGradient();
+    g.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, AsWanted(diff_dst, g.pd.diff_dst_desc(), stream)},
+                                 {DNNL_ARG_WEIGHTS, Weights(w, g.pd.weights_desc())},
+                                 {DNNL_ARG_DIFF_SRC, User(s.Src(s.io), dx)},
+                                 {DNNL_ARG_SCRATCHPAD, Scratchpad(g.pd.scratchpad_desc())}});
   }
 
-  void KernelGradient(void* x, dnnl::memory& diff_dst, void* dw) {
+  void KernelGradient(void* x, const dnnl::memory& diff_dst, void* dw) {
     if (UseMatmulForKernelGradient(s)) {
-      dnnl::memory src = Src(x);
-      dnnl::memory cols = Unfold(s, src);
-      dnnl::memory out(p.matmul_pd.dst_desc(), CpuEngine(), dw);
-      p.matmul.execute(stream, {{DNNL_ARG_SRC, cols}, {DNNL_ARG_WEIGHTS, diff_dst}, {DNNL_ARG_DST, out},
-                                {DNNL_ARG_SCRATCHPAD, Scratchpad(p.matmul_pd.scratchpad_desc())}});
+      const auto& m = p.KernelGradientMatmul();
+      dnnl::memory cols(m.pd.src_desc(), CpuEngine());
+      Unfold(s, Src(x, s.Src(s.compute)), cols);
+      m.primitive.execute(stream, {{DNNL_ARG_SRC, cols},
+                                   {DNNL_ARG_WEIGHTS, Viewed(diff_dst, m.pd.weights_desc())},
+                                   {DNNL_ARG_DST, User(m.pd.dst_desc(), dw)},
+                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(m.pd.scratchpad_desc())}});
       return;
     }
+    const auto& g = p.KernelGradient();
     dnnl::memory user = User(s.Weights(s.io, tag::hwio), dw);
-    const auto& wanted = p.bwd_weights_pd.diff_weights_desc();
+    const auto& wanted = g.pd.diff_weights_desc();
     dnnl::memory diff_weights = wanted == user.get_desc() ? user : dnnl::memory(wanted, CpuEngine());
-    p.bwd_weights.execute(stream, {{DNNL_ARG_SRC, Src(x)}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                   {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(p.bwd_weights_pd.scratchpad_desc())}});
+    g.primitive.execute(stream, {{DNNL_ARG_SRC, Src(x, g.pd.src_desc())},
+                                 {DNNL_ARG_DIFF_DST, AsWanted(diff_dst, g.pd.diff_dst_desc(), stream)},
+                                 {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                 {DNNL_ARG_SCRATCHPAD, Scratchpad(g.pd.scratchpad_desc())}});
     if (diff_weights != user) dnnl::reorder(diff_weights, user).execute(stream, diff_weights, user);
   }
 };
 
-template <typename Body>
-ffi::Error Run(const ffi::ErrorOr<ConvShape>& shape, const char* what, Body body) {
-  if (shape.has_error()) return shape.error();
+// Test hook (alexnet_onednn_set_test_failure): what every handler call throws first, 0 for nothing.
+enum TestFailure { kNoTestFailure, kThrowBadAlloc, kThrowRuntimeError, kThrowNonStd };
+std::atomic<int> test_failure{kNoTestFailure};
+
+struct NotAStdException {};  // what kThrowNonStd throws: derives from nothing
+
+void MaybeThrowForTest() {
+  switch (test_failure.load(std::memory_order_relaxed)) {
+    case kThrowBadAlloc: throw std::bad_alloc();
+    case kThrowRuntimeError: throw std::runtime_error("test failure (alexnet_onednn_set_test_failure)");
+    case kThrowNonStd: throw NotAStdException();
+    default: return;
+  }
+}
+
+// An error naming the call and the cause. Building its message may itself fail when memory ran out: then
+// a literal short enough to need no allocation (std::string's small-string buffer) stands in.
+ffi::Error Failure(ffi::ErrorCode code, const char* what, const char* cause) noexcept {
   try {
+    return ffi::Error(code, std::string("onednn conv ") + what + ": " + cause);
+  } catch (...) {
+    return ffi::Error(code, "out of memory");
+  }
+}
+
+// Runs one handler: reads the shape (`shape_of`), then `body`. Every exception stops here, the shape's
+// checks included: one escaping an FFI handler would end the process.
+template <typename ShapeFn, typename Body>
+ffi::Error Run(const char* what, ShapeFn shape_of, Body body) noexcept {
+  try {
+    MaybeThrowForTest();
+    const ffi::ErrorOr<ConvShape> shape = shape_of();
+    if (shape.has_error()) return shape.error();
     Call call{shape.value(), PrimitivesFor(shape.value())};
     body(call);
     call.stream.wait();
   } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("onednn conv ") + what + ": " + e.what());
+    return Failure(ffi::ErrorCode::kInternal, what, e.what());
+  } catch (const std::bad_alloc&) {
+    return Failure(ffi::ErrorCode::kResourceExhausted, what, "out of memory (std::bad_alloc)");
+  } catch (const std::exception& e) {
+    return Failure(ffi::ErrorCode::kInternal, what, e.what());
+  } catch (...) {
+    return Failure(ffi::ErrorCode::kInternal, what, "an exception that is not a std::exception");
   }
   return ffi::Error::Success();
 }
@@ -263,7 +399,8 @@ ffi::Error Run(const ffi::ErrorOr<ConvShape>& shape, const char* what, Body body
 ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                        bool bf16_compute) {
-  return Run(ShapeOf(x, w, *y, strides, padding, bf16_compute), "forward", [&](Call& call) {
+  const auto shape = [&] { return ShapeOf(x, w, *y, strides, padding, bf16_compute); };
+  return Run("forward", shape, [&](Call& call) {
     call.Forward(x.untyped_data(), w.untyped_data(), y->untyped_data());
   });
 }
@@ -272,7 +409,8 @@ ffi::Error ConvBackward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
                         ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                         bool bf16_compute) {
-  return Run(ShapeOf(x, w, dy, strides, padding, bf16_compute), "backward", [&](Call& call) {
+  const auto shape = [&] { return ShapeOf(x, w, dy, strides, padding, bf16_compute); };
+  return Run("backward", shape, [&](Call& call) {
     dnnl::memory diff_dst = call.DiffDst(dy.untyped_data());
     call.InputGradient(diff_dst, w.untyped_data(), dx->untyped_data());
     call.KernelGradient(x.untyped_data(), diff_dst, dw->untyped_data());
@@ -282,7 +420,8 @@ ffi::Error ConvBackward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
 ffi::Error ConvKernelGradient(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                               bool bf16_compute) {
-  return Run(ShapeOf(x, *dw, dy, strides, padding, bf16_compute), "kernel gradient", [&](Call& call) {
+  const auto shape = [&] { return ShapeOf(x, *dw, dy, strides, padding, bf16_compute); };
+  return Run("kernel gradient", shape, [&](Call& call) {
     dnnl::memory diff_dst = call.DiffDst(dy.untyped_data());
     call.KernelGradient(x.untyped_data(), diff_dst, dw->untyped_data());
   });
@@ -326,7 +465,7 @@ extern "C" bool alexnet_onednn_has_bf16() {
                                               dnnl::algorithm::convolution_direct, src, weights, dst,
                                               {1, 1}, {1, 1}, {1, 1});
     return true;
-  } catch (const dnnl::error&) {
+  } catch (...) {  // dnnl::error where there are none; nothing may leave a function called through ctypes
     return false;
   }
 }
@@ -338,4 +477,33 @@ extern "C" const char* alexnet_onednn_version() {
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
   }();
   return version.c_str();
+}
+
+// Test hook: how many primitives of each kind this process built, into counts[0..3]: forward, input
+// gradient, kernel gradient (convolution), kernel gradient (matrix product). Shows what was built lazily.
+extern "C" void alexnet_onednn_primitive_counts(int64_t* counts) {
+  for (int kind = 0; kind < kPrimitiveKinds; ++kind) {
+    counts[kind] = primitives_built[kind].load(std::memory_order_relaxed);
+  }
+}
+
+// Test hook: makes every later handler call throw, before any work, what `failure` names: "bad_alloc"
+// (std::bad_alloc), "runtime_error" (a std::runtime_error), "not_std" (an object that is no
+// std::exception); "" (or null) stops that. Returns false, changing nothing, for any other name. Only the
+// tests call it (through onednn_build.set_test_failure), to check that no exception ends the process.
+extern "C" bool alexnet_onednn_set_test_failure(const char* failure) {
+  int value;
+  if (failure == nullptr || *failure == '\0') {
+    value = kNoTestFailure;
+  } else if (std::strcmp(failure, "bad_alloc") == 0) {
+    value = kThrowBadAlloc;
+  } else if (std::strcmp(failure, "runtime_error") == 0) {
+    value = kThrowRuntimeError;
+  } else if (std::strcmp(failure, "not_std") == 0) {
+    value = kThrowNonStd;
+  } else {
+    return false;
+  }
+  test_failure.store(value, std::memory_order_relaxed);
+  return true;
 }
