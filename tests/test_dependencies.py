@@ -13,6 +13,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 
@@ -49,3 +50,24 @@ def test_dependencies_resolve(platform, python, tmp_path):
   # The oneDNN convolutions' wheels exist for x86-64 Linux only; elsewhere `conv_impl=auto` is XLA's.
   linux_x86 = platform == "x86_64-manylinux_2_28"
   assert ("onednn-cpu-gomp" in pins) == linux_x86 and ("onednn-devel-cpu-gomp" in pins) == linux_x86
+
+
+def test_the_lock_file_satisfies_pyproject_for_its_platform():
+  """requirements/lock-py311.txt (Python 3.11, x86-64 Linux) pins every dependency pyproject.toml declares
+  there, each at a version its specifier allows: installing from it installs this project as declared."""
+  from packaging.requirements import Requirement  # noqa: PLC0415
+
+  pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+  lock = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (REPO_ROOT / "requirements" / "lock-py311.txt")
+                         .read_text(), flags=re.MULTILINE))
+  pins = {name.lower().replace("_", "-"): version for name, version in lock.items()}
+  target = {"python_version": "3.11", "python_full_version": "3.11.7", "platform_system": "Linux",
+            "platform_machine": "x86_64", "sys_platform": "linux", "os_name": "posix",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+  for line in pyproject["project"]["dependencies"]:
+    requirement = Requirement(line)
+    if requirement.marker is not None and not requirement.marker.evaluate(target):
+      continue
+    name = requirement.name.lower().replace("_", "-")
+    assert name in pins, f"{name} is not in the lock file"
+    assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
