@@ -1,27 +1,42 @@
 """The drawing page and the JSON API: the same answers as `predict`, a 4xx naming every bad input and the
-server still serving, no 500 under schemathesis, a burst of concurrent requests, and a real browser
-drawing digits on the page."""
+server still serving, no 500 under schemathesis, a burst of concurrent requests, a real browser drawing
+digits on the page, and a server that hostile bodies cannot exhaust (bounded reads, PNG and JPEG only,
+bounded decoding memory and concurrency, every Pillow failure a 4xx)."""
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
 
 import hypothesis
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageFile
 
 from alexnet_jax.inference import predict, serve
 from experiments import drawn_digits
+from tests.conftest import REPO_ROOT, free_port
+
+MB = 1024 * 1024
 
 
 def _png(array: np.ndarray) -> bytes:
+  return _encoded(array, "PNG")
+
+
+def _encoded(array: np.ndarray, image_format: str) -> bytes:
   buffer = io.BytesIO()
-  Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+  Image.fromarray(array.astype(np.uint8)).save(buffer, format=image_format)
   return buffer.getvalue()
 
 
@@ -74,13 +89,15 @@ def test_the_api_answers_as_the_python_predictor(client, predictor, tmp_path):
 def _bad_inputs() -> list[tuple[str, bytes, str, int, str]]:
   blank = _png(np.full((50, 50), 255))
   wide = _png(np.zeros((1, serve.MAX_SIDE + 1)))
-  return [("not an image", b"hello, world", "image/png", 400, "not a readable image"),
+  return [("not an image", b"hello, world", "image/png", 415, "not a PNG or JPEG image"),
+          ("a truncated PNG", _drawn_one()[:60], "image/png", 400, "not a readable image"),
           ("empty body", b"", "image/png", 400, "empty"),
           ("blank image", blank, "image/png", 422, "no ink"),
           ("too many pixels", wide, "image/png", 413, "more than 4096 a side"),
           ("too many bytes", b"\0" * (serve.MAX_BYTES + 1), "image/png", 413, "more than"),
           ("wrong content type", _drawn_one(), "text/plain", 415, "content type 'text/plain'"),
-          ("multipart without a file", b"--x\r\n\r\n--x--\r\n", "multipart/form-data; boundary=x", 400, "")]
+          ("multipart without a file", b"--x\r\n\r\n--x--\r\n", "multipart/form-data; boundary=x", 400, ""),
+          ("multipart without a boundary", b"--x--\r\n", "multipart/form-data", 400, "boundary")]
 
 
 @pytest.mark.parametrize("bad", _bad_inputs(), ids=[b[0] for b in _bad_inputs()])
@@ -115,16 +132,250 @@ def test_schemathesis_finds_no_server_error(client):
   assert len(calls) >= 30 and all(code < 500 for code in calls)
 
 
+def _other_formats() -> list[tuple[str, bytes]]:
+  """The drawn '1' in formats Pillow reads but the server must not decode."""
+  one = np.asarray(Image.open(io.BytesIO(_drawn_one())))
+  return [(name, _encoded(one, name)) for name in ("BMP", "TIFF", "GIF", "ICO")]
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "image/jpeg", "multipart/form-data"])
+@pytest.mark.parametrize("other", _other_formats(), ids=[name for name, _ in _other_formats()])
+def test_only_png_and_jpeg_are_decoded_whatever_the_content_type_says(client, other, content_type):
+  name, data = other
+  if content_type == "multipart/form-data":
+    response = client.post("/api/predict", files={"file": (f"one.{name.lower()}", data, "image/png")})
+  else:
+    response = _predict(client, data, content_type)
+  assert response.status_code == 415, (name, response.text)
+  assert "not a PNG or JPEG image" in response.json()["detail"]
+  jpeg = _encoded(np.asarray(Image.open(io.BytesIO(_drawn_one()))), "JPEG")
+  assert _predict(client, jpeg, "image/jpeg").status_code == 200
+
+
+@pytest.mark.parametrize("error", [MemoryError("out of memory"), Image.DecompressionBombError("a bomb"),
+                                   NotImplementedError("a feature"), OverflowError("too big a number")],
+                         ids=lambda e: type(e).__name__)
+def test_every_pillow_failure_is_a_4xx_json(predictor, monkeypatch, error):
+  """Pillow raising while it decodes the pixels (simulated): a JSON 4xx naming the error, never a 500, and
+  the server still answers a good digit."""
+  client = TestClient(serve.create_app(serve.PredictionService(predictor)), raise_server_exceptions=False)
+
+  def failing_load(self):
+    raise error
+
+  with monkeypatch.context() as patch:
+    patch.setattr(ImageFile.ImageFile, "load", failing_load)
+    response = _predict(client, _drawn_one())
+  too_large = isinstance(error, MemoryError | Image.DecompressionBombError)
+  assert response.status_code == (413 if too_large else 400), response.text
+  assert response.headers["content-type"] == "application/json"
+  assert type(error).__name__ in response.json()["detail"]
+  assert _predict(client, _drawn_one()).status_code == 200
+
+
+def test_images_past_the_decode_slots_wait_then_get_503(predictor, monkeypatch):
+  """With every decode slot taken, a request waits DECODE_WAIT_S, then gets a JSON 503 with Retry-After;
+  the request holding the slot still answers 200."""
+  monkeypatch.setattr(serve, "DECODE_SLOTS", 1)
+  monkeypatch.setattr(serve, "DECODE_WAIT_S", 0.3)
+  service = serve.PredictionService(predictor)
+  entered, release = threading.Event(), threading.Event()
+  predict_bytes = service.predict_bytes
+
+  def held_once(data, name="upload"):
+    if not entered.is_set():
+      entered.set()
+      assert release.wait(30)
+    return predict_bytes(data, name)
+
+  monkeypatch.setattr(service, "predict_bytes", held_once)
+  with TestClient(serve.create_app(service)) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    first = pool.submit(_predict, client, _drawn_one())
+    assert entered.wait(30)
+    busy = _predict(client, _drawn_one())
+    release.set()
+    assert busy.status_code == 503, busy.text
+    assert "busy" in busy.json()["detail"] and busy.headers["retry-after"] == "1"
+    assert first.result(timeout=30).status_code == 200
+    assert _predict(client, _drawn_one()).status_code == 200
+
+
+def test_large_images_are_scaled_down_before_they_become_floats(monkeypatch):
+  """A 4,096-px PNG and JPEG reach preprocessing at WORK_SIDE pixels a side (the JPEG decoded at 1/4 scale
+  by its decoder: `draft`), the EXIF orientation still honoured, and the network sees nearly the 28x28
+  image that the full-size pixels give."""
+  from PIL import JpegImagePlugin  # noqa: PLC0415
+
+  decoded_sizes = []
+  draft = JpegImagePlugin.JpegImageFile.draft
+
+  def recorded_draft(self, mode, size):
+    result = draft(self, mode, size)
+    decoded_sizes.append(self.size)
+    return result
+
+  monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recorded_draft)
+  image = np.full((4096, 2048), 255, np.uint8)
+  image[800:3300, 900:1150] = 0  # a '1', dark on light
+  exif = Image.Exif()
+  exif[0x0112] = 6  # stored rotated: shown 4,096 wide and 2,048 high
+  full = predict.preprocess(np.rot90(image, -1).astype(np.float32) / 255).astype(int)
+  for image_format in ("PNG", "JPEG"):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=image_format, exif=exif)
+    grey = predict.decode_image(buffer.getvalue(), formats=serve.FORMATS, work_side=serve.WORK_SIDE)
+    assert grey.shape == (serve.WORK_SIDE // 2, serve.WORK_SIDE) and grey.dtype == np.float32
+    seen = predict.preprocess(grey).astype(int)
+    assert (np.abs(seen - full) > 8).mean() < 0.01  # at most the stroke's two ends one pixel apart
+  assert decoded_sizes == [(512, 1024)]  # the JPEG's pixels were decoded at 1/4 scale
+
+
 # ----------------------------------------------------------------------------------------------------
 # A real server in its own process: concurrency, and a browser drawing on the page.
 # ----------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _serving(workdir: str):
+  """`python -m alexnet_jax.serve` in its own process on 127.0.0.1: (url, pid) once it answers."""
+  import httpx  # noqa: PLC0415
+
+  port = free_port()
+  process = subprocess.Popen(
+      [sys.executable, "-m", "alexnet_jax.serve", "--workdir", workdir, "--checkpoint", "latest",
+       "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  url = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.monotonic() + 120
+    while True:
+      assert process.poll() is None, f"the server stopped: {process.stdout.read()[-2000:]}"
+      try:
+        if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+          break
+      except httpx.HTTPError:
+        assert time.monotonic() < deadline, "the server did not answer within 120 s"
+        time.sleep(0.2)
+    yield SimpleNamespace(url=url, pid=process.pid, process=process)
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
-def server(synthetic_run):
+def served(synthetic_run):
   workdir, _ = synthetic_run
-  with drawn_digits.running_server(str(workdir), "latest") as url:
-    yield url
+  with _serving(str(workdir)) as running:
+    yield running
+
+
+@pytest.fixture(scope="module")
+def server(served):
+  return served.url
+
+
+def _memory_mb(pid: int) -> dict[str, float]:
+  """The process's resident memory now (VmRSS) and at its peak (VmHWM), in MiB."""
+  with open(f"/proc/{pid}/status") as status:
+    fields = dict(line.split(":", 1) for line in status)
+  return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def _peak_growth_mb(pid: int, send) -> tuple[float, object]:
+  """How far the process's peak resident memory rose above its resident memory while `send()` ran (the
+  peak is reset first: /proc/PID/clear_refs), and what `send()` returned."""
+  with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+    clear_refs.write("5")
+  before = _memory_mb(pid)
+  result = send()
+  return _memory_mb(pid)["VmHWM"] - before["VmRSS"], result
+
+
+def _answers_a_digit(url: str) -> None:
+  import httpx  # noqa: PLC0415
+
+  response = httpx.post(f"{url}/api/predict", content=_drawn_one(), headers={"Content-Type": "image/png"},
+                        timeout=60)
+  assert response.status_code == 200, response.text
+
+
+@pytest.mark.slow
+def test_a_256_mb_chunked_body_is_refused_as_it_arrives_in_bounded_memory(served):
+  """No Content-Length: the body is counted while it is read; 413 once it passes MAX_BYTES, the connection
+  closed, and the server's peak resident memory grows by less than 64 MB (not the body's 256 MB)."""
+  import httpx  # noqa: PLC0415
+
+  _answers_a_digit(served.url)  # warm: the predictor's first call is behind us
+  total, sent = 256 * MB, [0]
+
+  def body():  # generated lazily: the test holds one 64 KB chunk, not 256 MB
+    chunk = bytes(64 * 1024)
+    while sent[0] < total:
+      sent[0] += len(chunk)
+      yield chunk
+
+  def send():
+    return httpx.post(f"{served.url}/api/predict", content=body(), headers={"Content-Type": "image/png"},
+                      timeout=60)
+
+  growth, response = _peak_growth_mb(served.pid, send)
+  print(f"256 MB chunked body: server peak grew {growth:.1f} MiB; the client sent {sent[0] / MB:.1f} MiB")
+  assert response.status_code == 413, response.text
+  assert "more than" in response.json()["detail"]
+  assert growth < 64, f"the server's peak resident memory grew by {growth:.0f} MiB"
+  _answers_a_digit(served.url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_4096_px_images_sent_at_once_are_decoded_in_bounded_memory(served, image_format):
+  """Four 4,096 x 4,096 images at once (the largest accepted; the PNG RGBA, a digit on transparent paper):
+  each decoded in bounded memory and at most DECODE_SLOTS at a time, so the server's peak resident memory
+  grows by less than 400 MB; all four answered."""
+  import httpx  # noqa: PLC0415
+
+  _answers_a_digit(served.url)
+  side = serve.MAX_SIDE
+  if image_format == "PNG":
+    image = np.zeros((side, side, 4), np.uint8)  # transparent: white paper
+    image[600:3500, 1800:2300, 3] = 255  # an opaque black stroke: a '1'
+  else:
+    image = np.full((side, side, 3), 255, np.uint8)
+    image[600:3500, 1800:2300] = 0
+  data = _encoded(image, image_format)
+  del image
+  assert len(data) <= serve.MAX_BYTES
+
+  def ask(_):
+    return httpx.post(f"{served.url}/api/predict", content=data,
+                      headers={"Content-Type": f"image/{image_format.lower()}"}, timeout=60)
+
+  def send():
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      return list(pool.map(ask, range(4)))
+
+  growth, responses = _peak_growth_mb(served.pid, send)
+  print(f"four 4096 px {image_format}s at once: server peak grew {growth:.1f} MiB")
+  for response in responses:
+    assert response.status_code == 200, response.text
+    assert response.json()["digit"] in range(10)
+  assert growth < 400, f"the server's peak resident memory grew by {growth:.0f} MiB"
+  _answers_a_digit(served.url)
+
+
+@pytest.mark.slow
+def test_without_the_serve_extra_the_command_says_what_to_install_in_one_line(tmp_path):
+  """`python -m alexnet_jax.serve` with fastapi not importable: one line naming the extra, exit status 1,
+  no traceback."""
+  code = ("import runpy, sys; sys.modules['fastapi'] = None; "
+          f"sys.argv = ['alexnet_jax.serve', '--workdir', {str(tmp_path)!r}]; "
+          "runpy.run_module('alexnet_jax.serve', run_name='__main__')")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: alexnet_jax.serve needs the `serve` extra"), last
+  assert last.endswith("pip install -e '.[serve]'"), last
 
 
 @pytest.mark.slow
@@ -159,6 +410,10 @@ def test_a_browser_draws_digits_and_the_page_shows_the_predictors_answer(server,
     browser = drawn_digits.launch_chromium(playwright, str(tmp_path / "profile"))
     page = browser.new_page()
     page.goto(server)
+    # Before any drawing: an empty frame, not a broken image with its alt text.
+    assert not page.is_visible("#preview")
+    frame = page.locator(".frame").bounding_box()
+    assert (frame["width"], frame["height"]) == (112, 112)
     for digit in ("1", "7"):
       page.click("#clear")
       drawn_digits.draw(page, drawn_digits.STROKES[digit])
@@ -169,4 +424,24 @@ def test_a_browser_draws_digits_and_the_page_shows_the_predictors_answer(server,
       assert shown == str(expected), digit
       assert page.locator("#bars .bar").count() == 10
       assert page.get_attribute("#preview", "src").startswith("data:image/png;base64,")
+      assert page.is_visible("#preview")
+    # An upload the server refuses (a BMP labelled PNG): the page shows the server's `detail`.
+    bmp = _other_formats()[0][1]
+    page.set_input_files("#file", files=[{"name": "one.png", "mimeType": "image/png", "buffer": bmp}])
+    page.wait_for_function("() => document.getElementById('error').textContent !== ''")
+    assert "not a PNG or JPEG image" in page.inner_text("#error")
+    assert page.inner_text("#digit") == "?" and not page.is_visible("#preview")
     browser.close()
+
+
+@pytest.mark.slow  # a real server
+def test_a_server_of_uncalibrated_probabilities_says_so_in_its_first_line(synthetic_run, tmp_path):
+  source, _ = synthetic_run
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  (tmp_path / "calibration.json").unlink()
+  with _serving(str(tmp_path)) as running:
+    pass
+  output = running.process.stdout.read()
+  banner = next(line for line in output.splitlines() if line.startswith("serving "))
+  assert "UNCALIBRATED (no temperature stored) probabilities" in banner, output
+  assert len([line for line in output.splitlines() if "probabilities uncalibrated" in line]) == 1, output

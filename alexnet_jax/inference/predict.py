@@ -215,6 +215,7 @@ class Predictor:
 
   def __init__(self, run: trained_run.TrainedRun, batch_size: int = 256):
     self.checkpoint_step = run.step
+    self.calibrated = run.temperature is not None
     self.batch_size = batch_size
     self._probabilities = run.probabilities_fn()
 

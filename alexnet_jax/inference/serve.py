@@ -10,13 +10,16 @@ and every request goes through `predict`'s own preprocessing and `Predictor`, so
   the network actually sees.
 * `POST /api/predict`: PNG or JPEG bytes as the body (`Content-Type: image/png|jpeg`) or a multipart
   upload (field `file`) -> `{digit, probabilities, top_k, preprocessed_png_base64, checkpoint_step}`.
-  Bad input gets a 4xx JSON `{"detail": ...}` naming the problem: 400 not an image, 413 over
-  `MAX_BYTES` or `MAX_SIDE` pixels a side, 415 another content type, 422 no digit (a blank image).
+  Bad input gets a 4xx JSON `{"detail": ...}` naming the problem: 400 a PNG or JPEG that cannot be decoded
+  (or no body, or a malformed upload), 413 over `MAX_BYTES` or `MAX_SIDE` pixels a side, 415 another
+  content type or bytes that are not PNG or JPEG (whatever the content type says), 422 no digit (a blank
+  image); 503 when `DECODE_SLOTS` images are being decoded and none finishes within `DECODE_WAIT_S`.
 * `GET /api/health`, and the OpenAPI schema at `/openapi.json` (`/docs` renders it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -33,18 +36,36 @@ from alexnet_jax.inference import predict
 from alexnet_jax.training import checkpointing
 
 try:
+  import python_multipart  # noqa: F401 - Starlette's multipart parser needs it
+  import uvicorn
   from fastapi import FastAPI, HTTPException, Request
   from fastapi.concurrency import run_in_threadpool
   from fastapi.responses import FileResponse
   from fastapi.staticfiles import StaticFiles
   from pydantic import BaseModel
-except ImportError as e:  # pragma: no cover - depends on what is installed
-  raise ImportError(f"alexnet_jax.serve needs the `serve` extra: pip install -e '.[serve]' ({e})") from None
+  from starlette.datastructures import Headers
+  from starlette.formparsers import MultiPartException, MultiPartParser
+  from starlette.requests import ClientDisconnect
+except ImportError as e:  # the optional `serve` extra is missing: `require_extra` says so in one line
+  MISSING_EXTRA: str | None = (f"error: alexnet_jax.serve needs the `serve` extra ({e}): "
+                               "pip install -e '.[serve]'")
+  BaseModel = object  # lets this module import, so that the command can say what is missing
+else:
+  MISSING_EXTRA = None
 
-MAX_BYTES = 5 * 1024 * 1024
-MAX_SIDE = 4096
+MAX_BYTES = 5 * 1024 * 1024  # an image's encoded bytes
+MULTIPART_OVERHEAD = 64 * 1024  # a multipart body may hold this much more: boundaries and part headers
+MAX_SIDE = 4096  # pixels a side; larger images are refused before their pixels are decoded
+WORK_SIDE = 1024  # larger images are scaled down to this many pixels a side while still 8-bit
 IMAGE_TYPES = ("image/png", "image/jpeg")
+FORMATS = ("PNG", "JPEG")  # the only formats decoded, whatever the Content-Type says
+# Images decoded at once (each holds up to a 4,096-px image's 8-bit pixels); a request over it waits up to
+# DECODE_WAIT_S for a slot, then gets 503.
+DECODE_SLOTS = 2
+DECODE_WAIT_S = 5.0
+MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this: bounds the bodies being read at once
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+CLOSE = {"Connection": "close"}  # for answers sent before the body was read to its end: drop the rest
 FLAGS = flags.FLAGS
 
 
@@ -78,10 +99,12 @@ class PredictionService:
     self._lock = threading.Lock()
 
   def predict_bytes(self, data: bytes, name: str = "upload") -> dict[str, Any]:
-    """Raises predict.ImageError (or its ImageTooLargeError) for input that holds no readable digit."""
+    """Raises predict.ImageError (or its ImageTooLargeError, UnsupportedFormatError) for input that holds
+    no readable digit."""
     if len(data) > MAX_BYTES:
       raise predict.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
-    image = predict.preprocess(predict.decode_image(data, name, max_side=MAX_SIDE))
+    grey = predict.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
+    image = predict.preprocess(grey)
     with self._lock:
       probabilities = self.predictor([image], preprocessed=True)[0]
     record = predict.result_record(name, probabilities)
@@ -90,18 +113,65 @@ class PredictionService:
             "checkpoint_step": self.predictor.checkpoint_step}
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+  """The request's body, refused with 413 as soon as it passes `limit` bytes, whether or not it declared a
+  length (a chunked body is read as it arrives): never more than `limit` + 1 bytes are held."""
+  declared = request.headers.get("content-length", "")
+  if declared.isdigit() and int(declared) > limit:
+    raise HTTPException(413, f"body of {int(declared):,} bytes, more than {limit:,}", headers=CLOSE)
+  body = bytearray()
+  try:
+    async for chunk in request.stream():
+      body += chunk[:limit + 1 - len(body)]
+      if len(body) > limit:
+        raise HTTPException(413, f"body of more than {limit:,} bytes", headers=CLOSE)
+  except ClientDisconnect:
+    raise HTTPException(400, "the client closed the connection before the end of the body") from None
+  return bytes(body)
+
+
+async def multipart_file(headers: Headers, body: bytes) -> tuple[bytes, str]:
+  """The bytes and file name of the field `file` of a multipart body already read (bounded) in full."""
+  async def chunks():
+    yield body
+
+  try:
+    form = await MultiPartParser(headers, chunks(), max_files=1, max_fields=16).parse()
+  except MultiPartException as e:
+    raise HTTPException(400, f"malformed multipart upload: {e.message}") from None
+  try:
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+      raise HTTPException(400, "multipart upload without a file field named 'file'")
+    return await upload.read(), upload.filename or "upload"
+  finally:
+    await form.close()
+
+
+def require_extra() -> None:
+  """Exits with one line naming the extra to install when the `serve` extra is missing."""
+  if MISSING_EXTRA is not None:
+    sys.exit(MISSING_EXTRA)
+
+
 def create_app(service: PredictionService) -> FastAPI:
   """The FastAPI application around one loaded network."""
+  if MISSING_EXTRA is not None:
+    raise ImportError(MISSING_EXTRA.removeprefix("error: "))
   api = FastAPI(title="alexnet_jax", summary="Handwritten digit recognition with an AlexNet in JAX.")
   api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
   errors = {code: {"description": text, "content": {"application/json": {"example": {"detail": text}}}}
-            for code, text in ((400, "not a readable image"), (413, "image too large"),
-                               (415, "unsupported content type"), (422, "no digit in the image"))}
+            for code, text in ((400, "a PNG or JPEG that cannot be decoded, or no body"),
+                               (413, "body or image too large"),
+                               (415, "unsupported content type, or neither PNG nor JPEG"),
+                               (422, "no digit in the image"), (503, "busy: retry shortly"))}
   upload_schema = {"type": "string", "format": "binary"}
   request_body = {"required": True, "content": {
       **{kind: {"schema": upload_schema} for kind in IMAGE_TYPES},
       "multipart/form-data": {"schema": {"type": "object", "properties": {"file": upload_schema},
                                          "required": ["file"]}}}}
+  # Bounds the images being decoded at once (one event loop serves every request).
+  decode_slots = asyncio.Semaphore(DECODE_SLOTS)
 
   @api.get("/", include_in_schema=False)
   def index():
@@ -115,31 +185,36 @@ def create_app(service: PredictionService) -> FastAPI:
             openapi_extra={"requestBody": request_body})
   async def predict_image(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > MAX_BYTES:
-      raise HTTPException(413, f"body of {declared:,} bytes, more than {MAX_BYTES:,}")
     if content_type == "multipart/form-data":
-      form = await request.form()
-      upload = form.get("file")
-      if upload is None or isinstance(upload, str):
-        raise HTTPException(400, "multipart upload without a file field named 'file'")
-      data, name = await upload.read(), upload.filename or "upload"
+      body = await read_body(request, MAX_BYTES + MULTIPART_OVERHEAD)
+      data, name = await multipart_file(request.headers, body)
     elif content_type in IMAGE_TYPES:
-      data, name = await request.body(), "body"
+      data, name = await read_body(request, MAX_BYTES), "body"
     else:
       raise HTTPException(415, f"content type {content_type or 'missing'!r}: send {', '.join(IMAGE_TYPES)} "
-                          "bytes or a multipart/form-data upload")
+                          "bytes or a multipart/form-data upload", headers=CLOSE)
+    try:
+      async with asyncio.timeout(DECODE_WAIT_S):
+        await decode_slots.acquire()
+    except TimeoutError:
+      raise HTTPException(503, f"busy: {DECODE_SLOTS} images are being decoded; retry shortly",
+                          headers={"Retry-After": "1"}) from None
     try:
       return await run_in_threadpool(service.predict_bytes, data, name)
     except predict.ImageTooLargeError as e:
       raise HTTPException(413, str(e)) from None
+    except predict.UnsupportedFormatError as e:
+      raise HTTPException(415, str(e)) from None
     except predict.ImageError as e:
       raise HTTPException(422 if "no ink" in str(e) else 400, str(e)) from None
+    finally:
+      decode_slots.release()
 
   return api
 
 
 def define_flags() -> None:
+  require_extra()
   cli.define_trained_run()
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on. The default serves this machine only; "
                       "--host 0.0.0.0 serves every network this machine is on (your explicit choice).")
@@ -147,18 +222,19 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+  require_extra()
+  cli.quiet_libraries()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   try:
     predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   except checkpointing.CheckpointError as e:
     sys.exit(f"error: {e}")
-  import uvicorn  # noqa: PLC0415 - the optional `serve` extra
-
-  print(f"serving {FLAGS.workdir} (checkpoint step {predictor.checkpoint_step}) on "
-        f"http://{FLAGS.host}:{FLAGS.port}/", flush=True)
+  calibration = "calibrated" if predictor.calibrated else "UNCALIBRATED (no temperature stored)"
+  print(f"serving {FLAGS.workdir} (checkpoint step {predictor.checkpoint_step}, {calibration} "
+        f"probabilities) on http://{FLAGS.host}:{FLAGS.port}/", flush=True)
   uvicorn.run(create_app(PredictionService(predictor)), host=FLAGS.host, port=FLAGS.port,
-              log_level="warning")
+              log_level="warning", limit_concurrency=MAX_CONNECTIONS)
 
 
 if __name__ == "__main__":

@@ -77,23 +77,44 @@ function schedule(delayMs) {
 async function send(body, type) {
   const request = ++sent;
   canvas.dataset.sent = String(request);
-  let response;
+  let response = null;
+  let result;
   try {
     response = await fetch("/api/predict", { method: "POST", headers: { "Content-Type": type }, body });
+    result = await answer(response);
   } catch (failure) {
-    error.textContent = `the server did not answer (${failure})`;
-    return;
+    response = null;
+    result = { detail: `the server did not answer (${failure})` };
   }
-  const result = await response.json();
   if (request !== sent) return;  // a newer drawing has been sent since
-  if (!response.ok) {
-    error.textContent = result.detail;
-    digit.textContent = "?";
-  } else {
+  if (response !== null && response.ok) {
     error.textContent = "";
     show(result);
+  } else {
+    showError(typeof result.detail === "string" ? result.detail : JSON.stringify(result.detail));
   }
   digit.dataset.requests = String(request);
+}
+
+// The server's JSON; any other body (a proxy's error page, uvicorn's plain-text 503) becomes the `detail`
+// to show, so that every failure is explained on the page.
+async function answer(response) {
+  const text = await response.text();
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed !== null && typeof parsed === "object") return parsed;
+  } catch (_) {
+    // not JSON: shown as text below
+  }
+  return { detail: text.trim() || `${response.status} ${response.statusText}` };
+}
+
+// The error's text in place of an answer: the probabilities and preview of an earlier image are removed.
+function showError(text) {
+  error.textContent = text;
+  digit.textContent = "?";
+  bars.replaceChildren();
+  preview.removeAttribute("src");
 }
 
 function show(result) {
@@ -119,6 +140,7 @@ document.getElementById("clear").addEventListener("click", clearCanvas);
 document.getElementById("file").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (file) send(file, file.type || "application/octet-stream");
+  event.target.value = "";  // the same file chosen again is sent again
 });
 
 context.strokeStyle = "#fff";
