@@ -42,10 +42,9 @@ def _get(config: Any, field: str) -> Any:
 
 
 def _check_positive(config: Any, field: str, allow_zero: bool = False) -> None:
-  value = _get(config, field)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-      value >= 0 if allow_zero else value > 0)
-  _require(ok, field, value, "must be >= 0" if allow_zero else "must be > 0")
+  value = _get(config, field)  # its type is the config file's (ml_collections keeps fields typed)
+  expectation = "must be >= 0" if allow_zero else "must be > 0"
+  _require(value >= 0 if allow_zero else value > 0, field, value, expectation)
 
 
 def _check_conv_impl_available(conv_impl: str) -> None:
