@@ -74,3 +74,17 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path, monkeypa
     metric_logging.write_atomically(str(path), json.dumps({"new": list(range(1000))}))
   assert path.read_text() == '{"old": true}'
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_the_first_rate_and_eta_leave_the_compiling_dispatch_out(monkeypatch, caplog):
+  """A run whose first step compiles for 10 s, then takes 0.1 s a step: the first line's rate and ETA are
+  the steps' own (what the loop gets by calling start() after the first dispatch)."""
+  clock = iter([0.0, 10.0, 14.9, 19.9])  # created, started after step 1, logged at steps 50 and 100
+  monkeypatch.setattr(metric_logging.time, "perf_counter", lambda: next(clock))
+  progress = metric_logging.ProgressLine(total_steps=1000, batch_size=128, first_step=0)
+  progress.start(1)
+  with caplog.at_level(logging.INFO):
+    first = progress.report(50, 0.1, 2.0, 0.5)
+  assert first == pytest.approx(49 * 128 / 4.9)  # not 50 * 128 / 14.9, a third of it
+  assert "ETA 1m35s" in caplog.records[-1].getMessage()  # 950 steps at 0.1 s
+  assert progress.report(100, 0.2, 1.0, 0.6) == pytest.approx(50 * 128 / 5.0)

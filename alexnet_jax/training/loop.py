@@ -221,6 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start
       state, metrics = run.advance(state, step, num_steps)
       pending_metrics += metrics
       step += num_steps
+      if not progress.started and step % config.log_every_steps and step < total_steps:
+        jax.block_until_ready(state)  # the first dispatch compiles: the rate is timed from its end
+        progress.start(step)
       if step % config.log_every_steps == 0 or step == total_steps:
         log_training(step, pending_metrics)
         pending_metrics = []

@@ -139,23 +139,33 @@ def _format_duration(seconds: float) -> str:
 
 
 class ProgressLine:
-  """Logs `step, epoch, loss, accuracy, images/s, ETA` every interval."""
+  """Logs `step, epoch, loss, accuracy, images/s, ETA` every interval.
+
+  The rate, and so the ETA of the remaining training steps, is measured from `start(step)`: the loop calls
+  it once the first dispatch, which compiles the step, has finished, so that the first line's ETA is the
+  steps' own and not the compiler's. Time spent outside training (`exclude`) is left out.
+  """
 
   def __init__(self, total_steps: int, batch_size: int, first_step: int):
     self._total_steps = total_steps
     self._batch_size = batch_size
     self._last_step = first_step
     self._last_time = time.perf_counter()
+    self.started = False
+
+  def start(self, step: int) -> None:
+    """Times from here: `step` steps are done."""
+    self._last_step, self._last_time, self.started = step, time.perf_counter(), True
 
   def report(self, step: int, epoch: float, loss: float, accuracy: float) -> float:
-    """Logs one line; returns the images/s since the previous report."""
+    """Logs one line; returns the images/s since the previous report (or since `start`)."""
     now = time.perf_counter()
     images_per_s = (step - self._last_step) * self._batch_size / max(now - self._last_time, 1e-9)
     eta = (self._total_steps - step) * self._batch_size / max(images_per_s, 1e-9)
-    logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.2f%%  %.1f img/s  ETA %s",
+    logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.2f%%  %.1f img/s  ETA %s (training steps)",
                  step, self._total_steps, epoch, loss, 100 * accuracy, images_per_s,
                  _format_duration(eta))
-    self._last_step, self._last_time = step, now
+    self._last_step, self._last_time, self.started = step, now, True
     return images_per_s
 
   def exclude(self, seconds: float) -> None:
