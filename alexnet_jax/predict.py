@@ -1,4 +1,4 @@
-"""`python -m alexnet_jax.predict`: the digit in your own images.
+"""`python -m alexnet_jax.predict`: the digit in your own images, or (`--number`) the string of digits.
 
 A thin entry point, so that the command stays as documented; the code is alexnet_jax/inference/predict.py.
 """

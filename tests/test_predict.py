@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax.inference import predict
+from alexnet_jax.inference import digit_image, predict
 from experiments import varied_digits
 from tests.conftest import REPO_ROOT
 
@@ -27,7 +27,7 @@ def _centre_of_mass(image):
 
 def test_an_mnist_digit_is_already_in_mnist_form(mnist_test):
   images, _ = mnist_test
-  processed = np.stack([predict.preprocess(x)[..., 0] for x in images[:100]])
+  processed = np.stack([digit_image.preprocess(x)[..., 0] for x in images[:100]])
   assert processed.shape == (100, 28, 28) and processed.dtype == np.uint8
   # Crop, 20-pixel scaling and centring reproduce what LeCun did, up to resampling.
   assert np.abs(processed.astype(float) - images[:100]).mean() < 2.0
@@ -37,16 +37,16 @@ def test_polarity_colour_and_position_do_not_change_the_result(mnist_test):
   images, _ = mnist_test
   rng = np.random.default_rng(0)
   for digit in images[:20]:
-    reference = predict.preprocess(digit).astype(int)
+    reference = digit_image.preprocess(digit).astype(int)
     for form in ("inverted", "rgb", "off_centre"):
-      other = predict.preprocess(varied_digits.varied(digit, form, rng)).astype(int)
+      other = digit_image.preprocess(varied_digits.varied(digit, form, rng)).astype(int)
       assert np.abs(other - reference).max() <= 2, form
 
 
 def test_longest_side_is_20_pixels_and_mass_is_centred():
   canvas = np.full((300, 200), 230, np.uint8)  # light paper
   canvas[40:160, 20:60] = 10  # dark bar: 120 x 40 pixels, far from the centre
-  processed = predict.preprocess(canvas)[..., 0].astype(float) / 255
+  processed = digit_image.preprocess(canvas)[..., 0].astype(float) / 255
   rows = np.flatnonzero((processed > 0.5).any(axis=1))
   cols = np.flatnonzero((processed > 0.5).any(axis=0))
   assert rows[-1] - rows[0] + 1 == 20
@@ -57,8 +57,8 @@ def test_longest_side_is_20_pixels_and_mass_is_centred():
 
 @pytest.mark.parametrize("value", [0, 128, 255])
 def test_uniform_images_hold_no_ink(value):
-  with pytest.raises(predict.ImageError, match="no ink found"):
-    predict.preprocess(np.full((64, 64), value, np.uint8))
+  with pytest.raises(digit_image.ImageError, match="no ink found"):
+    digit_image.preprocess(np.full((64, 64), value, np.uint8))
 
 
 def test_transparent_background_counts_as_paper(tmp_path, mnist_test):
@@ -66,9 +66,9 @@ def test_transparent_background_counts_as_paper(tmp_path, mnist_test):
   rgba = np.zeros((28, 28, 4), np.uint8)
   rgba[..., 3] = digit  # black ink, opaque where MNIST has ink, transparent elsewhere
   Image.fromarray(rgba).save(tmp_path / "ink.png")
-  from_file = predict.preprocess(predict.read_image(str(tmp_path / "ink.png"))).astype(int)
-  from_array = predict.preprocess(rgba).astype(int)
-  reference = predict.preprocess(digit).astype(int)
+  from_file = digit_image.preprocess(digit_image.read_image(str(tmp_path / "ink.png"))).astype(int)
+  from_array = digit_image.preprocess(rgba).astype(int)
+  reference = digit_image.preprocess(digit).astype(int)
   assert np.abs(from_file - reference).max() <= 2
   assert np.abs(from_array - reference).max() <= 2
 

@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from alexnet_jax.inference import predict, serve
+from alexnet_jax.inference import digit_image, predict, serve
 from experiments import drawn_digits
 from tests.conftest import REPO_ROOT, free_port
 
@@ -75,7 +75,7 @@ def test_the_api_answers_as_the_python_predictor(client, predictor, tmp_path):
   data = _drawn_one()
   path = tmp_path / "one.png"
   path.write_bytes(data)
-  expected = predictor([predict.read_image(str(path))])[0]
+  expected = predictor([digit_image.read_image(str(path))])[0]
   for response in (_predict(client, data),
                    client.post("/api/predict", files={"file": ("one.png", data, "image/png")})):
     assert response.status_code == 200, response.text
@@ -83,7 +83,7 @@ def test_the_api_answers_as_the_python_predictor(client, predictor, tmp_path):
     np.testing.assert_allclose(result["probabilities"], expected, atol=1e-6, rtol=0)
     assert result["digit"] == int(np.argmax(expected)) == result["top_k"][0]["digit"]
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["preprocessed_png_base64"]))))
-    np.testing.assert_array_equal(seen, predict.preprocess(predict.read_image(str(path)))[..., 0])
+    np.testing.assert_array_equal(seen, digit_image.preprocess(digit_image.read_image(str(path)))[..., 0])
 
 
 def _bad_inputs() -> list[tuple[str, bytes, str, int, str]]:
@@ -219,13 +219,13 @@ def test_large_images_are_scaled_down_before_they_become_floats(monkeypatch):
   image[800:3300, 900:1150] = 0  # a '1', dark on light
   exif = Image.Exif()
   exif[0x0112] = 6  # stored rotated: shown 4,096 wide and 2,048 high
-  full = predict.preprocess(np.rot90(image, -1).astype(np.float32) / 255).astype(int)
+  full = digit_image.preprocess(np.rot90(image, -1).astype(np.float32) / 255).astype(int)
   for image_format in ("PNG", "JPEG"):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=image_format, exif=exif)
-    grey = predict.decode_image(buffer.getvalue(), formats=serve.FORMATS, work_side=serve.WORK_SIDE)
+    grey = digit_image.decode_image(buffer.getvalue(), formats=serve.FORMATS, work_side=serve.WORK_SIDE)
     assert grey.shape == (serve.WORK_SIDE // 2, serve.WORK_SIDE) and grey.dtype == np.float32
-    seen = predict.preprocess(grey).astype(int)
+    seen = digit_image.preprocess(grey).astype(int)
     assert (np.abs(seen - full) > 8).mean() < 0.01  # at most the stroke's two ends one pixel apart
   assert decoded_sizes == [(512, 1024)]  # the JPEG's pixels were decoded at 1/4 scale
 
@@ -420,7 +420,7 @@ def test_a_browser_draws_digits_and_the_page_shows_the_predictors_answer(server,
       shown = drawn_digits.wait_for_answer(page)
       path = tmp_path / f"{digit}.png"
       path.write_bytes(drawn_digits.canvas_png(page))
-      expected = int(np.argmax(predictor([predict.read_image(str(path))])[0]))
+      expected = int(np.argmax(predictor([digit_image.read_image(str(path))])[0]))
       assert shown == str(expected), digit
       assert page.locator("#bars .bar").count() == 10
       assert page.get_attribute("#preview", "src").startswith("data:image/png;base64,")

@@ -3,7 +3,7 @@
   python -m alexnet_jax.explain --workdir DIR [--checkpoint best|latest|STEP] [IMAGE ...] [--out DIR]
 
 The functions here return arrays; `explain_plots.py` draws them. Images are MNIST-form uint8 (or float in
-[0, 255]) of shape (N, 28, 28, 1): a user's own files go through `predict.preprocess` first; by default a
+[0, 255]) of shape (N, 28, 28, 1): a user's own files go through `digit_image.preprocess` first; by default a
 fixed, seeded set of test digits, misclassified ones included.
 
 * `conv1_filters`: the first layer's learned filters (one input channel: they display directly).
@@ -28,7 +28,7 @@ from absl import app, flags
 from alexnet_jax import cli
 from alexnet_jax.analysis import attributions
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.inference import predict, trained_run
+from alexnet_jax.inference import digit_image, predict, trained_run
 from alexnet_jax.training import checkpointing
 
 FLAGS = flags.FLAGS
@@ -102,7 +102,7 @@ def explain_run(workdir: str, which: str, paths: list[str], out: str, weights: s
   run = trained_run.load(workdir, which, weights)
   if paths:  # A user's own images: through predict's preprocessing, each error named.
     names = predict.expand_paths(paths)
-    images = np.stack([predict.preprocess_file(p) for p in names])
+    images = np.stack([digit_image.preprocess_file(p) for p in names])
     labels = None
   else:
     splits = input_pipeline.load_mnist(run.config.data, run.config.eval_batch_size)
@@ -139,7 +139,7 @@ def main(argv: list[str]) -> None:
   try:
     out = FLAGS.out or os.path.join(FLAGS.workdir, "explain")
     result = explain_run(FLAGS.workdir, FLAGS.checkpoint, argv[1:], out, FLAGS.weights)
-  except (checkpointing.CheckpointError, predict.ImageError, input_pipeline.DatasetError) as e:
+  except (checkpointing.CheckpointError, digit_image.ImageError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
   print(f"explained {len(result['names'])} digits; pictures and explain.md in {out}", flush=True)
 

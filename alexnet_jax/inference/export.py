@@ -2,7 +2,7 @@
 `python -m alexnet_jax.export --workdir DIR [--checkpoint best|latest|STEP] --format onnx|stablehlo --out F`.
 
 Both formats take float32 images of shape (N, 28, 28, 1) with pixel values in [0, 255], in MNIST's own
-form (light ink on black, centred: what `predict.preprocess` produces), with a symbolic batch size N, and
+form (light ink on black, centred: what `digit_image.preprocess` produces), with a symbolic batch size N, and
 return softmax probabilities (N, 10). The normalisation is inside the graph; the weights are constants;
 the run's calibration temperature (inference/calibration.py) divides the logits before the softmax.
 

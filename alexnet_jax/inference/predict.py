@@ -1,17 +1,9 @@
 """Predict the digit in a user's own images:
-`python -m alexnet_jax.predict --workdir DIR [--checkpoint best|latest|STEP] IMAGE|FOLDER ... [--json]`.
+`python -m alexnet_jax.predict --workdir DIR [--checkpoint best|latest|STEP] IMAGE|FOLDER ... [--json]`;
+with `--number`, each image read as a string of digits (read_number.py).
 
-Any file Pillow reads (PNG, JPEG, BMP, GIF, TIFF, ...), any size, colour or greyscale, dark ink on light
-paper or light ink on a dark background. Each image is brought to MNIST's own form before the network
-sees it (`preprocess`), the way LeCun et al. normalised the original digits:
-
-1. greyscale in [0, 1] (transparent pixels count as white paper);
-2. polarity: the median of the image's border is the background; a light background is inverted, so ink
-   is light on dark as in MNIST; the background level is subtracted and the contrast stretched to [0, 1];
-3. crop to the bounding box of the ink (pixels above `INK_THRESHOLD`);
-4. scale the longest side to 20 pixels, keeping the aspect ratio (Lanczos, anti-aliased);
-5. paste into a 28x28 field so that the ink's centre of mass sits at its centre (pixel 14, 14: where
-   the MNIST digits' centre of mass lies on average).
+Each image is brought to MNIST's own form first (digit_image.py: decoding, polarity, the 20-pixel box and
+the centre of mass), then read by the run's network with its calibration temperature.
 
 From Python, load once and call on batches of numpy images:
 
@@ -21,7 +13,6 @@ From Python, load once and call on batches of numpy images:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -31,178 +22,14 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from PIL import Image, ImageOps
 
 from alexnet_jax import cli
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.inference import trained_run
+from alexnet_jax.inference import digit_image, read_number, trained_run
 from alexnet_jax.training import checkpointing
 
-MNIST_SIZE = 28
-DIGIT_BOX = 20  # MNIST digits are scaled so that their longest side fits 20 pixels
-CENTRE = 14.0  # mean centre of mass of the MNIST test digits, in pixel indices
-INK_THRESHOLD = 0.2  # of the stretched contrast: what counts as ink for the bounding box
-MIN_CONTRAST = 0.08  # below this the image holds no ink at all
 TOP_K = 3
 FLAGS = flags.FLAGS
-
-
-class ImageError(ValueError):
-  """An image that cannot be read or holds no digit."""
-
-
-class ImageTooLargeError(ImageError):
-  """An image over the size a caller accepts."""
-
-
-class UnsupportedFormatError(ImageError):
-  """Bytes that are not in one of the formats a caller accepts."""
-
-
-# The first bytes of the formats `decode_image(formats=...)` can be limited to: anything else is refused
-# from these bytes alone, before any of Pillow's decoders reads it.
-SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
-# Modes that Image.reduce averages correctly; others (palette, 1-bit, 16-bit) are converted first.
-_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK")
-
-
-def read_image(path: str) -> np.ndarray:
-  """The file as a float greyscale array in [0, 1]; transparency is composited onto white."""
-  if os.path.isfile(path) and os.path.getsize(path) == 0:
-    raise ImageError(f"{path}: empty file")
-  try:
-    with Image.open(path) as opened:
-      return _greyscale(opened)
-  except FileNotFoundError:
-    raise ImageError(f"{path}: no such file") from None
-  except IsADirectoryError:
-    raise ImageError(f"{path}: is a directory") from None
-  except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unknown, truncated, corrupt files
-    raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-
-
-def decode_image(data: bytes, name: str = "image", max_side: int | None = None,
-                 formats: Sequence[str] | None = None, work_side: int | None = None) -> np.ndarray:
-  """Encoded image bytes (PNG, JPEG, ...) -> greyscale in [0, 1], as `read_image` reads a file.
-
-  `max_side` refuses larger images (ImageTooLargeError) before their pixels are decoded. `formats` (names
-  in `SIGNATURES`) refuses bytes in any other format (UnsupportedFormatError) before any decoder sees them.
-  `work_side` scales larger images down to at most that many pixels a side while they are still 8-bit
-  (JPEG inside the decoder), so that no float copy of a large image is ever made. Any failure of Pillow
-  on these bytes is an ImageError: ImageTooLargeError for MemoryError and DecompressionBombError."""
-  if not data:
-    raise ImageError(f"{name}: empty")
-  if formats is not None:
-    unknown = [f for f in formats if f not in SIGNATURES]
-    if unknown:
-      raise ValueError(f"decode_image: no signature known for {unknown}; known: {sorted(SIGNATURES)}")
-    if not any(data.startswith(s) for f in formats for s in SIGNATURES[f]):
-      raise UnsupportedFormatError(f"{name}: not a {' or '.join(formats)} image (only these are read)")
-  try:
-    with Image.open(io.BytesIO(data), formats=None if formats is None else list(formats)) as opened:
-      width, height = opened.size
-      if max_side is not None and max(width, height) > max_side:
-        raise ImageTooLargeError(f"{name}: {width}x{height} pixels, more than {max_side} a side")
-      return _greyscale(opened, work_side)
-  except ImageError:
-    raise
-  except (MemoryError, Image.DecompressionBombError) as e:
-    raise ImageTooLargeError(f"{name}: too large to decode ({type(e).__name__}: {e})") from None
-  except Exception as e:  # hostile bytes make Pillow raise many types (OSError, SyntaxError, struct.error,
-    # IndexError, NotImplementedError, OverflowError, ...): each one is this input's fault, not the caller's
-    raise ImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
-
-
-def _greyscale(opened: Image.Image, work_side: int | None = None) -> np.ndarray:
-  image = opened
-  if work_side is not None and max(image.size) > work_side:
-    image = _reduced(image, work_side)
-  image = ImageOps.exif_transpose(image)  # phone photos: honour the camera's orientation
-  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-    image = image.convert("RGBA")
-    paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(paper, image)
-  return np.asarray(image.convert("L"), np.float32) / 255.0
-
-
-def _reduced(opened: Image.Image, work_side: int) -> Image.Image:
-  """`opened` at most `work_side` pixels a side, averaged over whole blocks of pixels (Image.reduce: by an
-  integer factor, alpha premultiplied). A JPEG is decoded at 1/2, 1/4 or 1/8 scale by its decoder
-  (`draft`), so its full-size pixels never exist; the EXIF orientation is kept for `exif_transpose`."""
-  width, height = opened.size
-  longest = max(width, height)
-  opened.draft(None, (max(1, width * work_side // longest), max(1, height * work_side // longest)))
-  image = opened
-  if image.mode not in _REDUCIBLE_MODES:
-    transparent = image.mode == "PA" or "transparency" in image.info
-    image = image.convert("RGBA" if transparent else "L")
-  factor = math.ceil(max(image.size) / work_side)
-  return image.reduce(factor) if factor > 1 else image
-
-
-def to_greyscale(image: np.ndarray) -> np.ndarray:
-  """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array -> (H, W) float32 in [0, 1].
-
-  uint8 is read as 0..255; floats as 0..1 unless their maximum exceeds 1 (then 0..255).
-  """
-  image = np.asarray(image)
-  if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
-    raise ImageError(f"expected an (H, W) or (H, W, 1|3|4) image, got shape {image.shape}")
-  if min(image.shape[:2]) == 0:
-    raise ImageError(f"empty image of shape {image.shape}")
-  scale = 255.0 if image.dtype == np.uint8 or image.max() > 1.0 else 1.0
-  image = image.astype(np.float32) / scale
-  if image.ndim == 3:
-    if image.shape[-1] == 4:  # composite onto white paper, as read_image does
-      image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
-    # ITU-R 601 luma, the weights Pillow's convert("L") uses.
-    image = image[..., 0] if image.shape[-1] == 1 else image @ np.array([0.299, 0.587, 0.114], np.float32)
-  return np.clip(image, 0.0, 1.0)
-
-
-def _ink(grey: np.ndarray) -> np.ndarray:
-  """Light-on-dark ink in [0, 1], background at 0 (steps 1-2)."""
-  border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-  background = float(np.median(border))
-  if background > 0.5:  # dark ink on light paper
-    grey, background = 1.0 - grey, 1.0 - background
-  contrast = float(grey.max()) - background
-  if contrast < MIN_CONTRAST:
-    raise ImageError(f"no ink found (blank image: contrast {contrast:.3f} < {MIN_CONTRAST})")
-  return np.clip((grey - background) / contrast, 0.0, 1.0)
-
-
-def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
-  rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
-  cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
-  return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-
-
-def _scale_longest_side(crop: np.ndarray, size: int = DIGIT_BOX) -> np.ndarray:
-  height, width = crop.shape
-  factor = size / max(height, width)
-  new_size = (max(1, round(width * factor)), max(1, round(height * factor)))  # PIL: (width, height)
-  scaled = Image.fromarray(crop.astype(np.float32), mode="F").resize(new_size, Image.Resampling.LANCZOS)
-  return np.clip(np.asarray(scaled), 0.0, 1.0)
-
-
-def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
-  height, width = digit.shape
-  rows, cols = np.indices(digit.shape)
-  mass = digit.sum()
-  top = round(CENTRE - (rows * digit).sum() / mass)
-  left = round(CENTRE - (cols * digit).sum() / mass)
-  # Keep the whole digit inside the field even if its mass is far off its box's centre.
-  top, left = min(max(top, 0), MNIST_SIZE - height), min(max(left, 0), MNIST_SIZE - width)
-  field = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
-  field[top:top + height, left:left + width] = digit
-  return field
-
-
-def preprocess(image: np.ndarray) -> np.ndarray:
-  """Any digit image -> MNIST form: (28, 28, 1) uint8, light ink on black, centred by mass."""
-  field = _centre_by_mass(_scale_longest_side(_crop_to_ink(_ink(to_greyscale(image)))))
-  return np.round(field * 255.0).astype(np.uint8)[..., None]
 
 
 def _padded_size(count: int, limit: int) -> int:
@@ -223,8 +50,9 @@ class Predictor:
                ) -> np.ndarray:
     """`images`: a sequence of arrays of any size (or one stacked array); `preprocessed=True` for
     images already in MNIST form (uint8 28x28, light ink on black)."""
-    batch = np.stack([np.asarray(x, np.uint8).reshape(MNIST_SIZE, MNIST_SIZE, 1) if preprocessed
-                      else preprocess(x) for x in images])
+    side = digit_image.MNIST_SIZE
+    batch = np.stack([np.asarray(x, np.uint8).reshape(side, side, 1) if preprocessed
+                      else digit_image.preprocess(x) for x in images])
     outputs = []
     for start in range(0, len(batch), self.batch_size):
       chunk = batch[start:start + self.batch_size]
@@ -259,22 +87,14 @@ def result_record(path: str, probabilities: np.ndarray) -> dict:
           "probabilities": [float(p) for p in probabilities]}
 
 
-def preprocess_file(path: str) -> np.ndarray:
-  image = read_image(path)
-  try:
-    return preprocess(image)
-  except ImageError as e:
-    raise ImageError(f"{path}: {e}") from None
-
-
 def predict_files(predictor: Predictor, paths: Sequence[str]) -> list[dict]:
   """One record per path, in order: a prediction, or {"file", "error"}; one bad file never stops the
   others."""
   images, records = {}, {}
   for path in paths:
     try:
-      images[path] = preprocess_file(path)
-    except ImageError as e:
+      images[path] = digit_image.preprocess_file(path)
+    except digit_image.ImageError as e:
       records[path] = {"file": path, "error": str(e)}
   probabilities = predictor(list(images.values()), preprocessed=True)
   records.update({p: result_record(p, q) for p, q in zip(images, probabilities, strict=True)})
@@ -289,6 +109,9 @@ def _text_line(record: dict) -> str:
 def define_flags() -> None:
   cli.define_trained_run()
   flags.DEFINE_bool("json", False, "One JSON object per image (errors too) instead of text.")
+  flags.DEFINE_bool("number", False, "Read each image as a string of digits (alexnet_jax/inference/"
+                    "read_number.py): one line per image with the string, its confidence and whether it "
+                    "is uncertain; with --json, the digits' probabilities and boxes too.")
 
 
 def main(argv: list[str]) -> None:
@@ -300,14 +123,18 @@ def main(argv: list[str]) -> None:
     predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   except (checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
-  records = predict_files(predictor, paths)
+  if FLAGS.number:
+    records = read_number.read_files(read_number.predictor_probabilities(predictor), paths)
+    text_line = read_number.text_line
+  else:
+    records, text_line = predict_files(predictor, paths), _text_line
   for record in records:
     if "error" in record:
       print(f"error: {record['error']}", file=sys.stderr, flush=True)
     if FLAGS.json:
       print(json.dumps(record), flush=True)
     elif "error" not in record:
-      print(_text_line(record), flush=True)
+      print(text_line(record), flush=True)
   if any("error" in record for record in records):
     sys.exit(1)
 

@@ -32,7 +32,7 @@ from absl import app, flags
 from PIL import Image
 
 from alexnet_jax import cli
-from alexnet_jax.inference import predict
+from alexnet_jax.inference import digit_image, predict
 from alexnet_jax.training import checkpointing
 
 try:
@@ -99,12 +99,12 @@ class PredictionService:
     self._lock = threading.Lock()
 
   def predict_bytes(self, data: bytes, name: str = "upload") -> dict[str, Any]:
-    """Raises predict.ImageError (or its ImageTooLargeError, UnsupportedFormatError) for input that holds
+    """Raises digit_image.ImageError (or its ImageTooLargeError, UnsupportedFormatError) for input that holds
     no readable digit."""
     if len(data) > MAX_BYTES:
-      raise predict.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
-    grey = predict.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
-    image = predict.preprocess(grey)
+      raise digit_image.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
+    grey = digit_image.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
+    image = digit_image.preprocess(grey)
     with self._lock:
       probabilities = self.predictor([image], preprocessed=True)[0]
     record = predict.result_record(name, probabilities)
@@ -201,11 +201,11 @@ def create_app(service: PredictionService) -> FastAPI:
                           headers={"Retry-After": "1"}) from None
     try:
       return await run_in_threadpool(service.predict_bytes, data, name)
-    except predict.ImageTooLargeError as e:
+    except digit_image.ImageTooLargeError as e:
       raise HTTPException(413, str(e)) from None
-    except predict.UnsupportedFormatError as e:
+    except digit_image.UnsupportedFormatError as e:
       raise HTTPException(415, str(e)) from None
-    except predict.ImageError as e:
+    except digit_image.ImageError as e:
       raise HTTPException(422 if "no ink" in str(e) else 400, str(e)) from None
     finally:
       decode_slots.release()

@@ -1,0 +1,329 @@
+"""Read a string of digits (a postcode, a cheque amount, an ID number) from one image.
+
+  reading = read_number.read_number(image, read_number.predictor_probabilities(predictor))
+  reading.text, reading.confidence, reading.uncertain, reading.digits[0].box
+
+Recognition-based segmentation (LeCun et al. 1998, "Gradient-based learning applied to document
+recognition", section V): the image is cut into more pieces than there are digits, every plausible run of
+consecutive pieces is read by the network, and dynamic programming picks the segmentation whose digits the
+network believes most. Steps:
+
+1. ink: greyscale and polarity as `predict` reads one digit (the border's median is the background), the
+   uneven lighting of a photo flattened (a grey opening wider than any stroke estimates the background,
+   which is subtracted), then binarised at Otsu's threshold;
+2. pieces: connected components (8-connected); specks much smaller than the digits are dropped; a
+   component too wide to be one digit is sliced at candidate cuts (minima of its column profile, and a
+   regular grid of columns, so that digits touching at a thick stroke can still be cut);
+3. candidate segments: every run of consecutive pieces (ordered by their centre, so
+   that the separate top bar of a 5 sits beside its body) no wider than `MAX_WIDTH` digit heights;
+4. one batch: each segment's ink (its pieces, with the faint anti-aliased pixels nearest to them) is
+   preprocessed exactly as a single digit (`digit_image.preprocess`) and read by the network in one call;
+5. the path: best over segmentations of sum(log max probability + log width/height prior), by dynamic
+   programming over the pieces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from alexnet_jax.inference import digit_image
+
+# Defaults, documented in docs/evaluation_and_prediction.md#reading-a-whole-number. The priors were set by
+# hand on strings composed from validation digits (experiments/number_strings.py), never on test digits.
+UNCERTAIN_BELOW = 0.9  # a reading is `uncertain` when its weakest digit's probability is below this
+MAX_WIDTH = 1.3  # the widest digit, in digit heights (MNIST's widest are about 1.0)
+SLICE_WIDTH = 0.6  # components wider than this (in digit heights), and not low, get candidate cuts
+GRID_STEP = 1 / 7  # candidate cuts every this many digit heights, besides the profile's minima
+SPECK = 0.2  # components smaller than this (in digit heights) both ways are noise
+SHORT = 0.45  # segments lower than this (in digit heights) are a piece of a digit, not a digit
+WIDE_PENALTY = 20.0  # log-prior per squared digit height of width beyond `WIDE_FROM`
+WIDE_FROM = 0.95
+SHORT_PENALTY = 6.0  # log-prior of a segment lower than `SHORT`
+CUT_PENALTY = 1.5  # log-prior of each cut through a component: the network reads fragments confidently
+MERGE_PENALTY = 3.0  # log-prior of one digit made of components side by side (a broken digit's overlap)
+HALO = 1.5  # faint pixels this close (px) to a piece's ink are that piece's
+OPENING = 0.5  # background estimate: grey opening of this fraction of the image's shorter side
+
+ProbabilitiesFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitReading:
+  """One digit of a reading: the network's probabilities and the box [x, y, w, h] of its ink, in the input
+  image's pixels."""
+
+  digit: int
+  probabilities: tuple[float, ...]
+  box: tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberReading:
+  """`confidence`: the product of the chosen digits' probabilities (the network's belief that every digit
+  is right, given the segmentation). `uncertain`: the weakest digit's probability is below the threshold."""
+
+  text: str
+  confidence: float
+  uncertain: bool
+  digits: tuple[DigitReading, ...]
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+  """The image cut into pieces: `owner[y, x]` is the piece (0..n-1) a pixel's ink belongs to (-1: none),
+  `ink` the flattened ink in [0, 1] and `height` the estimated digit height in pixels."""
+
+  ink: np.ndarray
+  owner: np.ndarray
+  boxes: np.ndarray  # (n, 4): x0, y0, x1, y1 (exclusive) of each piece's binarised ink
+  component: np.ndarray  # (n,): the connected component each piece was cut from
+  height: float
+
+  def cut_penalties(self) -> np.ndarray:
+    """(n + 1,): the log-prior of a digit boundary before piece i (i = n: after the last); a boundary
+    between two slices of one component is a cut through its ink."""
+    penalties = np.zeros(len(self.boxes) + 1)
+    penalties[1:-1] = np.where(self.component[1:] == self.component[:-1], -CUT_PENALTY, 0.0)
+    return penalties
+
+
+def predictor_probabilities(predictor: Callable[..., np.ndarray]) -> ProbabilitiesFn:
+  """A `predict.Predictor` as the function `read_number` takes (images already in MNIST form)."""
+  return lambda images: predictor(images, preprocessed=True)
+
+
+def flattened_ink(image: np.ndarray) -> np.ndarray:
+  """Light-on-dark ink in [0, 1] with the background (uneven lighting included) at 0."""
+  grey = digit_image.to_greyscale(image)
+  border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+  if np.median(border) > 0.5:  # dark ink on light paper
+    grey = 1.0 - grey
+  size = max(3, round(OPENING * min(grey.shape)))
+  ink = grey - ndi.grey_opening(grey, size=(size, size))
+  contrast = float(np.percentile(ink, 99.9)) if ink.size > 1000 else float(ink.max())
+  if contrast < digit_image.MIN_CONTRAST:
+    raise digit_image.ImageError(
+        f"no ink found (blank image: contrast {contrast:.3f} < {digit_image.MIN_CONTRAST})")
+  return np.clip(ink / contrast, 0.0, 1.0).astype(np.float32)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+  """The threshold in [0, 1] that maximises the between-class variance (Otsu 1979)."""
+  histogram, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+  weights = histogram / max(1, histogram.sum())
+  centres = (edges[:-1] + edges[1:]) / 2
+  below = np.cumsum(weights)
+  mean_below = np.cumsum(weights * centres)
+  total_mean = mean_below[-1]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    between = (total_mean * below - mean_below) ** 2 / (below * (1.0 - below))
+  return float(edges[1:][np.nanargmax(np.where(np.isfinite(between), between, np.nan))])
+
+
+def binarise(ink: np.ndarray) -> np.ndarray:
+  """Ink pixels: Otsu's threshold, kept within [0.2, 0.6] of the contrast."""
+  return ink > min(max(otsu_threshold(ink), 0.2), 0.6)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+  labels, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+  if count == 0:
+    raise digit_image.ImageError("no ink found (nothing above the binarisation threshold)")
+  return labels, ndi.find_objects(labels)
+
+
+def digit_height(slices: Sequence[tuple[slice, slice]]) -> float:
+  """The median height of the tall components: specks and the bars of broken digits are low."""
+  heights = np.array([s[0].stop - s[0].start for s in slices], float)
+  return float(np.median(heights[heights >= 0.5 * heights.max()]))
+
+
+def candidate_cuts(column_ink: np.ndarray, height: float) -> list[int]:
+  """Columns (offsets from the component's left) where a wide component may be cut: the minima of its
+  smoothed column profile, and a regular grid; none nearer than a fifth of a digit height to an end."""
+  width = len(column_ink)
+  margin = max(2, round(0.2 * height))
+  if width < 2 * margin + 1:
+    return []
+  profile = np.convolve(column_ink, [0.25, 0.5, 0.25], mode="same")
+  inner = np.arange(margin, width - margin)
+  minima = [x for x in inner if profile[x] <= profile[x - 1] and profile[x] <= profile[x + 1]]
+  step = max(2, round(GRID_STEP * height))
+  cuts = sorted(set(minima) | set(range(margin, width - margin + 1, step)))
+  kept: list[int] = []
+  for x in cuts:  # cuts closer than 2 px: keep the first
+    if not kept or x - kept[-1] >= 2:
+      kept.append(x)
+  return kept
+
+
+def cut_into_pieces(image: np.ndarray) -> Pieces:
+  """Steps 1-2: the flattened ink, and which piece each pixel belongs to."""
+  ink = flattened_ink(image)
+  labels, slices = _components(binarise(ink))
+  height = digit_height(slices)
+  pieces = np.zeros(labels.shape, np.int32)  # 0: background; pieces numbered from 1 here
+  count, component = 0, [-1]
+  for index, (rows, cols) in enumerate(slices):
+    mine = labels[rows, cols] == index + 1
+    if max(rows.stop - rows.start, cols.stop - cols.start) < SPECK * height:
+      continue
+    bounds = [0, cols.stop - cols.start]
+    if bounds[1] > SLICE_WIDTH * height and rows.stop - rows.start >= SHORT * height:  # a low bar is one
+      bounds[1:1] = candidate_cuts(mine.sum(axis=0), height)
+    for left, right in zip(bounds[:-1], bounds[1:], strict=False):
+      part = np.zeros_like(mine)
+      part[:, left:right] = mine[:, left:right]
+      if part.any():
+        count += 1
+        component.append(index)
+        pieces[rows, cols][part] = count
+  if count == 0:
+    raise digit_image.ImageError("no ink found (only specks)")
+  return _ordered(ink, pieces, np.array(component), height)
+
+
+def _ordered(ink: np.ndarray, pieces: np.ndarray, component: np.ndarray, height: float) -> Pieces:
+  """Pieces renumbered by the column of their centre; every faint pixel within `HALO` of a piece is given
+  to the nearest one."""
+  count = len(component) - 1
+  centres = np.array([c for _, c in ndi.center_of_mass(pieces > 0, pieces, np.arange(1, count + 1))])
+  rank = np.empty(count + 1, np.int32)
+  rank[0] = -1
+  rank[1 + np.argsort(centres, kind="stable")] = np.arange(count)
+  distance, (near_rows, near_cols) = ndi.distance_transform_edt(pieces == 0, return_indices=True)
+  owner = rank[pieces[near_rows, near_cols]]
+  owner[distance > HALO] = -1
+  boxes = np.zeros((count, 4), np.int64)
+  for index, (rows, cols) in enumerate(ndi.find_objects(rank[pieces] + 1)):
+    boxes[index] = (cols.start, rows.start, cols.stop, rows.stop)
+  order = np.argsort(centres, kind="stable")
+  return Pieces(ink, owner, boxes, component[1 + order], height)
+
+
+def candidate_segments(pieces: Pieces) -> list[tuple[int, int]]:
+  """Step 3: (first, stop) runs of consecutive pieces that may be one digit; every single piece is one,
+  so that some path always exists."""
+  segments = []
+  count = len(pieces.boxes)
+  for first in range(count):
+    for stop in range(first + 1, count + 1):
+      box = _union(pieces.boxes[first:stop])
+      if stop > first + 1 and box[2] - box[0] > MAX_WIDTH * pieces.height:
+        break
+      segments.append((first, stop))
+  return segments
+
+
+def _union(boxes: np.ndarray) -> tuple[int, int, int, int]:
+  return int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max())
+
+
+def segment_image(pieces: Pieces, first: int, stop: int) -> np.ndarray:
+  """The ink of pieces first..stop-1 (and their faint edges) in their box, on a 2-pixel black margin."""
+  x0, y0, x1, y1 = _union(pieces.boxes[first:stop])
+  pad = int(np.ceil(HALO))
+  top, left = max(0, y0 - pad), max(0, x0 - pad)
+  owner = pieces.owner[top:y1 + pad, left:x1 + pad]
+  crop = np.where((owner >= first) & (owner < stop), pieces.ink[top:y1 + pad, left:x1 + pad], 0.0)
+  return np.pad(crop, 2)
+
+
+def log_prior(pieces: Pieces, first: int, stop: int) -> float:
+  """Against implausible digits: wider than a digit, so low that it is only part of one, or made of
+  components side by side (the pieces of a broken digit overlap each other's columns)."""
+  x0, y0, x1, y1 = _union(pieces.boxes[first:stop])
+  width, tall = (x1 - x0) / pieces.height, (y1 - y0) / pieces.height
+  prior = -WIDE_PENALTY * max(0.0, width - WIDE_FROM) ** 2 - (SHORT_PENALTY if tall < SHORT else 0.0)
+  return prior - MERGE_PENALTY * _side_by_side(pieces, first, stop)
+
+
+def _side_by_side(pieces: Pieces, first: int, stop: int) -> int:
+  """How many neighbouring components of pieces first..stop-1 overlap by less than half the narrower's
+  columns."""
+  components = pieces.component[first:stop]
+  spans = sorted((int(pieces.boxes[first:stop][components == c, 0].min()),
+                  int(pieces.boxes[first:stop][components == c, 2].max())) for c in np.unique(components))
+  count = 0
+  for (a0, a1), (b0, b1) in zip(spans[:-1], spans[1:], strict=True):
+    count += min(a1, b1) - max(a0, b0) < 0.5 * min(a1 - a0, b1 - b0)
+  return count
+
+
+def best_path(segments: Sequence[tuple[int, int]], scores: np.ndarray, boundaries: np.ndarray) -> list[int]:
+  """Step 5: indices of the segments that cover the pieces once, in order, with the largest total of
+  their scores and of `boundaries[i]`, the score of a boundary before piece i (dynamic programming)."""
+  count = len(boundaries) - 1
+  best = np.full(count + 1, -np.inf)
+  best[0] = 0.0
+  came_from = np.full(count + 1, -1)
+  ending = {}
+  for index, (_, stop) in enumerate(segments):
+    ending.setdefault(stop, []).append(index)
+  for stop in range(1, count + 1):
+    for index in ending.get(stop, []):
+      total = best[segments[index][0]] + scores[index] + boundaries[stop]
+      if total > best[stop]:
+        best[stop], came_from[stop] = total, index
+  path, stop = [], count
+  while stop > 0:
+    path.append(int(came_from[stop]))
+    stop = segments[path[-1]][0]
+  return path[::-1]
+
+
+def read_number(image: np.ndarray, probabilities_fn: ProbabilitiesFn,
+                uncertain_below: float = UNCERTAIN_BELOW) -> NumberReading:
+  """The digits of `image` (any size, (H, W) or (H, W, 1|3|4), either polarity), left to right.
+
+  `probabilities_fn`: uint8 (N, 28, 28, 1) images in MNIST form -> (N, 10) probabilities; called once.
+  Raises digit_image.ImageError when the image holds no ink."""
+  pieces = cut_into_pieces(image)
+  segments = candidate_segments(pieces)
+  batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
+  probabilities = np.asarray(probabilities_fn(batch), np.float64)
+  boxes = [_union(pieces.boxes[first:stop]) for first, stop in segments]
+  scores = np.log(np.maximum(probabilities.max(axis=1), 1e-30))
+  scores += np.array([log_prior(pieces, *s) for s in segments])
+  digits = []
+  for index in best_path(segments, scores, pieces.cut_penalties()):
+    x0, y0, x1, y1 = boxes[index]
+    digits.append(DigitReading(int(probabilities[index].argmax()),
+                               tuple(float(p) for p in probabilities[index]), (x0, y0, x1 - x0, y1 - y0)))
+  return _reading(digits, uncertain_below)
+
+
+def _reading(digits: Sequence[DigitReading], uncertain_below: float) -> NumberReading:
+  weakest = min(max(d.probabilities) for d in digits)
+  return NumberReading(text="".join(str(d.digit) for d in digits),
+                       confidence=float(np.prod([max(d.probabilities) for d in digits])),
+                       uncertain=bool(weakest < uncertain_below), digits=tuple(digits))
+
+
+def read_files(probabilities_fn: ProbabilitiesFn, paths: Sequence[str]) -> list[dict]:
+  """One record per path, in order: {"file", **reading}, or {"file", "error"}; one bad file never stops
+  the others."""
+  records = []
+  for path in paths:
+    try:
+      records.append({"file": path, **read_number(digit_image.read_image(path), probabilities_fn).to_dict()})
+    except digit_image.ImageError as e:
+      message = str(e) if str(e).startswith(path) else f"{path}: {e}"
+      records.append({"file": path, "error": message})
+  return records
+
+
+def text_line(record: dict) -> str:
+  flag = "  uncertain" if record["uncertain"] else ""
+  return f"{record['file']}: {record['text']}  (confidence {record['confidence']:.3f}){flag}"

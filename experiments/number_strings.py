@@ -1,0 +1,232 @@
+"""How well `read_number` reads digit strings composed from MNIST test digits no one has looked at:
+
+  python -m experiments.number_strings --workdir RUN [--count N] [--seed S] [--paper] [--out DIR]
+
+Every string is composed from the recorded seed alone (`numpy.random.default_rng([seed, index])`): 5 to
+10 digits of the run's **test** split, each scaled by 0.85-1.15, on a baseline that slants and waves
+(`compose`), with the gaps between the digits' boxes (of all their non-zero pixels) in one spacing class
+per string: `wide` (4-8 px), `narrow` (1-3), `touching` (0) or `overlapping` (-1 to -3; the ink of
+overlapping digits is their maximum). `--paper` renders every other group of strings as a photo of paper:
+dark ink on a light background with a lighting gradient, noise and JPEG compression (Pillow).
+
+Reports whole-string and per-digit accuracy (1 - edit distance / length) per spacing class and rendering;
+the uncertainty threshold is picked on strings composed the same way from validation digits (the lowest
+weakest-digit probability at which the unflagged validation strings are right `--target` of the time),
+then the test strings flagged and the accuracy of the others are reported at it. Writes `results.json`
+and `worst.png` (the most confident mistakes) to `--out` (default RUN/number_strings).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from alexnet_jax import cli
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.inference import predict, read_number, trained_run
+
+FLAGS = flags.FLAGS
+SPACINGS = {"wide": (4, 8), "narrow": (1, 3), "touching": (0, 0), "overlapping": (-3, -1)}
+RENDERINGS = ("black", "paper")
+LENGTHS = (5, 10)
+MARGIN = 8  # px of background around a composed string
+VALIDATION_STREAM = 1  # validation strings: default_rng([seed, index, VALIDATION_STREAM])
+
+
+def tight(digit: np.ndarray) -> np.ndarray:
+  """An MNIST digit cropped to the box of its non-zero pixels."""
+  rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+  return digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def scaled(digit: np.ndarray, factor: float) -> np.ndarray:
+  height, width = digit.shape
+  size = (max(1, round(width * factor)), max(1, round(height * factor)))
+  return np.asarray(Image.fromarray(digit).resize(size, Image.Resampling.BILINEAR))
+
+
+def compose(digits: np.ndarray, gap_range: tuple[int, int], rng: np.random.Generator
+            ) -> tuple[np.ndarray, list]:
+  """Light-on-dark uint8 image of the digits side by side, gaps between their boxes drawn from
+  `gap_range` (inclusive; negative: overlapping), and each digit's box [x, y, w, h]."""
+  crops = [scaled(tight(d), rng.uniform(0.85, 1.15)) for d in digits]
+  low, high = gap_range
+  gaps = rng.integers(low, high + 1, len(crops) - 1)
+  lefts = np.concatenate([[0], np.cumsum([c.shape[1] for c in crops[:-1]] + gaps)])
+  slope, wave = rng.uniform(-0.12, 0.12), rng.uniform(0, 4)
+  period, phase = rng.uniform(60, 160), rng.uniform(0, 2 * np.pi)
+  centres = lefts + np.array([c.shape[1] for c in crops]) / 2
+  baseline = slope * centres + wave * np.sin(2 * np.pi * centres / period + phase)
+  baseline += rng.normal(0, 1, len(crops))
+  bottoms = np.round(baseline - baseline.min()).astype(int) + max(c.shape[0] for c in crops)
+  width = int(lefts[-1] + crops[-1].shape[1]) + 2 * MARGIN
+  image = np.zeros((int(bottoms.max()) + 2 * MARGIN, width), np.uint8)
+  boxes = []
+  for crop, left, bottom in zip(crops, lefts, bottoms, strict=True):
+    top, x = int(bottom - crop.shape[0] + MARGIN), int(left + MARGIN)
+    region = image[top:top + crop.shape[0], x:x + crop.shape[1]]
+    np.maximum(region, crop, out=region)
+    boxes.append([x, top, crop.shape[1], crop.shape[0]])
+  return image, boxes
+
+
+def on_paper(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Dark ink on light paper lit unevenly, with sensor noise, through JPEG."""
+  height, width = image.shape
+  angle = rng.uniform(0, 2 * np.pi)
+  rows, cols = np.indices(image.shape)
+  ramp = (np.cos(angle) * cols / width + np.sin(angle) * rows / height)
+  paper = 0.92 - rng.uniform(0.1, 0.35) * (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
+  ink = image.astype(np.float32) / 255.0
+  grey = paper * (1.0 - ink) + rng.uniform(0.05, 0.2) * ink + rng.normal(0, 0.02, image.shape)
+  encoded = io.BytesIO()
+  Image.fromarray(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)).save(
+      encoded, "JPEG", quality=int(rng.integers(60, 91)))
+  return np.asarray(Image.open(encoded))
+
+
+def make_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, spacing: str,
+                rendering: str) -> tuple[np.ndarray, str, list]:
+  """One composed string: (image, its digits as text, their boxes)."""
+  chosen = rng.integers(0, len(images), rng.integers(LENGTHS[0], LENGTHS[1] + 1))
+  image, boxes = compose(images[chosen], SPACINGS[spacing], rng)
+  if rendering == "paper":
+    image = on_paper(image, rng)
+  return image, "".join(str(int(d)) for d in labels[chosen]), boxes
+
+
+def kind_of(index: int, paper: bool) -> tuple[str, str]:
+  """String `index`'s spacing class and rendering: every combination equally often."""
+  spacing = list(SPACINGS)[index % len(SPACINGS)]
+  return spacing, RENDERINGS[(index // len(SPACINGS)) % 2] if paper else "black"
+
+
+def edit_distance(a: str, b: str) -> int:
+  row = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    previous, row[0] = row[0], i
+    for j, y in enumerate(b, 1):
+      previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+  return row[-1]
+
+
+def read_strings(images: np.ndarray, labels: np.ndarray, probabilities_fn: read_number.ProbabilitiesFn, *,
+                 count: int, seed: int, paper: bool, stream: tuple[int, ...] = ()) -> list[dict]:
+  """Composes and reads `count` strings; one record each (the image kept for drawing)."""
+  records = []
+  for index in range(count):
+    spacing, rendering = kind_of(index, paper)
+    rng = np.random.default_rng([seed, index, *stream])
+    image, truth, boxes = make_string(images, labels, rng, spacing, rendering)
+    reading = read_number.read_number(image, probabilities_fn)
+    weakest = min(max(d.probabilities) for d in reading.digits)
+    records.append({"index": index, "spacing": spacing, "rendering": rendering, "truth": truth,
+                    "text": reading.text, "confidence": reading.confidence, "weakest": weakest,
+                    "right": reading.text == truth, "edits": edit_distance(reading.text, truth),
+                    "boxes": [list(d.box) for d in reading.digits], "image": image})
+  return records
+
+
+def pick_threshold(records: list[dict], target: float) -> float:
+  """The lowest threshold on the weakest digit's probability at which the strings not flagged (weakest >=
+  threshold) are right at least `target` of the time; 1.0 flags everything when none reaches it."""
+  for threshold in sorted({0.0} | {r["weakest"] for r in records}):
+    kept = [r["right"] for r in records if r["weakest"] >= threshold]
+    if kept and np.mean(kept) >= target:
+      return float(threshold)
+  return 1.0
+
+
+def summary(records: list[dict], threshold: float) -> dict:
+  """Whole-string and per-digit accuracy per spacing class and rendering, and the flagged strings."""
+  groups = {"all": records}
+  for key in ("spacing", "rendering"):
+    for value in sorted({r[key] for r in records}):
+      groups[value] = [r for r in records if r[key] == value]
+  table = {name: {"strings": len(rs), "string_accuracy": float(np.mean([r["right"] for r in rs])),
+                  "digit_accuracy": 1.0 - sum(r["edits"] for r in rs) / sum(len(r["truth"]) for r in rs)}
+           for name, rs in groups.items() if rs}
+  kept = [r["right"] for r in records if r["weakest"] >= threshold]
+  return {"groups": table, "threshold": threshold, "flagged": len(records) - len(kept),
+          "unflagged_accuracy": float(np.mean(kept)) if kept else None}
+
+
+def draw_worst(records: list[dict], path: str, count: int = 10) -> None:
+  """The most confident mistakes, each with its truth, its reading and the digits' boxes."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  from matplotlib import patches  # noqa: PLC0415
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+
+  wrong = sorted((r for r in records if not r["right"]), key=lambda r: -r["confidence"])[:count]
+  if not wrong:
+    return
+  figure, axes = plt.subplots(len(wrong), 1, figsize=(8, 1.4 * len(wrong)), squeeze=False)
+  for axis, record in zip(axes[:, 0], wrong, strict=True):
+    axis.imshow(record["image"], cmap="gray")
+    for x, y, w, h in record["boxes"]:
+      axis.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=0.8))
+    axis.set_title(f"#{record['index']} {record['spacing']}/{record['rendering']}: truth {record['truth']}, "
+                   f"read {record['text']} (confidence {record['confidence']:.3f})", fontsize=8)
+    axis.axis("off")
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def split_arrays(split: input_pipeline.Split) -> tuple[np.ndarray, np.ndarray]:
+  keep = np.asarray(split.mask) > 0
+  return np.asarray(split.images)[keep][..., 0], np.asarray(split.labels)[keep]
+
+
+def print_table(result: dict) -> None:
+  for name, row in result["groups"].items():
+    print(f"{name:>12}: {row['string_accuracy']:7.2%} of {row['strings']:4d} strings, "
+          f"{row['digit_accuracy']:7.2%} of digits")
+  accuracy = result["unflagged_accuracy"]
+  print(f"threshold {result['threshold']:.4f} (picked on validation): {result['flagged']} flagged uncertain, "
+        f"the others {'-' if accuracy is None else f'{accuracy:.2%}'} right")
+
+
+def define_flags() -> None:
+  cli.define_trained_run()
+  flags.DEFINE_integer("count", 400, "Test strings (and as many validation strings for the threshold).")
+  flags.DEFINE_integer("seed", 0, "Every string is composed from default_rng([seed, index]).")
+  flags.DEFINE_bool("paper", False, "Render every other group of strings as dark ink on lit paper (JPEG).")
+  flags.DEFINE_float("target", 0.95, "Accuracy of the unflagged validation strings the threshold aims at.")
+  flags.DEFINE_string("out", "", "Folder for results.json and worst.png (default WORKDIR/number_strings).")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  cli.quiet_libraries()
+  predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
+  config = trained_run.load_config(FLAGS.workdir)
+  splits = input_pipeline.load_mnist(config.data, config.eval_batch_size)
+  probabilities_fn = read_number.predictor_probabilities(predictor)
+  validation = read_strings(*split_arrays(splits["validation"]), probabilities_fn, count=FLAGS.count,
+                            seed=FLAGS.seed, paper=FLAGS.paper, stream=(VALIDATION_STREAM,))
+  threshold = pick_threshold(validation, FLAGS.target)
+  test = read_strings(*split_arrays(splits["test"]), probabilities_fn, count=FLAGS.count, seed=FLAGS.seed,
+                      paper=FLAGS.paper)
+  result = summary(test, threshold)
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "number_strings")
+  os.makedirs(out, exist_ok=True)
+  draw_worst(test, os.path.join(out, "worst.png"))
+  result.update(workdir=FLAGS.workdir, checkpoint_step=predictor.checkpoint_step, count=FLAGS.count,
+                seed=FLAGS.seed, paper=FLAGS.paper, target=FLAGS.target)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  print_table(result)
+  print(f"results.json and worst.png in {out}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

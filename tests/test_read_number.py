@@ -1,0 +1,222 @@
+"""read_number: polarity, boxes, cuts and merges chosen by the recogniser, one batch per image, the
+uncertainty flag (synthetic glyphs and a fake recogniser); real MNIST strings and `predict --number`."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax.inference import digit_image, predict, read_number
+from experiments import number_strings, varied_digits
+from tests.conftest import REPO_ROOT
+
+SURE = 0.95
+
+
+def _answer(digit: int | None) -> np.ndarray:
+  if digit is None:  # not a glyph the fake knows: no opinion
+    return np.full(10, 0.1)
+  probabilities = np.full(10, (1 - SURE) / 9)
+  probabilities[digit] = SURE
+  return probabilities
+
+
+def _glyph(field: np.ndarray) -> int | None:
+  """The fake recogniser's reading of one image in MNIST form: a ring is 0, a thin bar 1, a T 7."""
+  ink = field[..., 0] > 128
+  rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+  box = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  height, width = box.shape
+  if width <= 8 and height >= 16:
+    return 1
+  if height >= width and box[:2].mean() > 0.9 and box[-3:, :width // 3].mean() < 0.1:
+    return 7
+  middle = box[height // 3:2 * height // 3, width // 3:2 * width // 3]
+  if width >= 12 and not middle.any() and box[:, :2].mean() > 0.7 and box[:, -2:].mean() > 0.7:
+    return 0
+  return None
+
+
+class FakeRecogniser:
+  """probabilities_fn for synthetic glyphs; counts its calls and the images it was given."""
+
+  def __init__(self):
+    self.batches = []
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    assert images.dtype == np.uint8 and images.shape[1:] == (28, 28, 1)
+    self.batches.append(len(images))
+    return np.stack([_answer(_glyph(x)) for x in images])
+
+
+def ring(canvas: np.ndarray, x: int, y: int, width: int = 20, height: int = 26) -> None:
+  canvas[y:y + height, x:x + width] = 255
+  canvas[y + 4:y + height - 4, x + 4:x + width - 4] = 0
+
+
+def bar(canvas: np.ndarray, x: int, y: int, width: int = 4, height: int = 26) -> None:
+  canvas[y:y + height, x:x + width] = 255
+
+
+def string_image() -> np.ndarray:
+  """'1 0 1 0' on black: rings and bars apart."""
+  canvas = np.zeros((50, 130), np.uint8)
+  bar(canvas, 10, 12)
+  ring(canvas, 24, 12)
+  bar(canvas, 60, 13)
+  ring(canvas, 80, 11)
+  return canvas
+
+
+def test_reads_glyphs_apart_with_their_boxes_in_input_pixels():
+  reading = read_number.read_number(string_image(), FakeRecogniser())
+  assert reading.text == "1010"
+  assert [d.box for d in reading.digits] == [(10, 12, 4, 26), (24, 12, 20, 26), (60, 13, 4, 26),
+                                             (80, 11, 20, 26)]
+  assert not reading.uncertain and reading.confidence == pytest.approx(SURE ** 4)
+  assert all(len(d.probabilities) == 10 for d in reading.digits)
+
+
+def test_dark_ink_on_light_paper_reads_as_light_ink_on_black():
+  light, dark = FakeRecogniser(), FakeRecogniser()
+  on_black = read_number.read_number(string_image(), light)
+  on_paper = read_number.read_number(255 - string_image(), dark)
+  assert on_paper == on_black
+  rgb = np.repeat((255 - string_image())[..., None], 3, axis=-1)
+  assert read_number.read_number(rgb, FakeRecogniser()) == on_black
+
+
+def test_uneven_lighting_is_flattened():
+  """Dark ink on paper lit from one side (from 0.95 down to 0.45 of white): the same reading."""
+  ramp = np.linspace(0.95, 0.45, 130)[None, :]
+  photo = np.round(255 * ramp * (1 - 0.8 * string_image() / 255)).astype(np.uint8)
+  assert read_number.read_number(photo, FakeRecogniser()) == read_number.read_number(string_image(),
+                                                                                     FakeRecogniser())
+
+
+def test_a_touching_pair_is_cut_where_the_recogniser_reads_two_digits():
+  canvas = np.zeros((50, 80), np.uint8)
+  ring(canvas, 10, 12)
+  ring(canvas, 30, 12)  # touches the first one: one component 40 pixels wide
+  assert read_number.cut_into_pieces(canvas).component.max() == 0  # a single component
+  reading = read_number.read_number(canvas, FakeRecogniser())
+  assert reading.text == "00"
+  (x0, _, w0, _), (x1, _, w1, _) = (d.box for d in reading.digits)
+  assert x0 == 10 and x1 + w1 == 50 and abs(x0 + w0 - 30) <= 2 and abs(x1 - 30) <= 2
+
+
+def test_a_broken_digit_is_merged():
+  """A 7 written as a T whose bar does not touch its stem (a gap of 2 pixels): one digit, not 1 and a bar."""
+  canvas = np.zeros((50, 60), np.uint8)
+  canvas[10:14, 15:35] = 255  # the bar
+  canvas[16:38, 23:27] = 255  # the stem, 2 pixels below
+  assert len(read_number.cut_into_pieces(canvas).boxes) == 2
+  reading = read_number.read_number(canvas, FakeRecogniser())
+  assert reading.text == "7"
+  assert reading.digits[0].box == (15, 10, 20, 28)
+
+
+def test_one_batch_per_image():
+  recogniser = FakeRecogniser()
+  read_number.read_number(string_image(), recogniser)
+  assert len(recogniser.batches) == 1 and recogniser.batches[0] >= 4
+
+
+def test_an_unknown_glyph_is_uncertain():
+  canvas = string_image()
+  canvas[12:38, 110:122] = 255  # a filled block, narrow enough to be one digit: the fake has no opinion
+  reading = read_number.read_number(canvas, FakeRecogniser())
+  assert reading.uncertain and len(reading.text) == 5
+  assert min(max(d.probabilities) for d in reading.digits) == pytest.approx(0.1)
+  assert not read_number.read_number(canvas, FakeRecogniser(), uncertain_below=0.05).uncertain
+
+
+def test_json_holds_the_whole_reading():
+  reading = read_number.read_number(string_image(), FakeRecogniser())
+  record = json.loads(reading.to_json())
+  assert record["text"] == "1010" and record["uncertain"] is False
+  assert record["digits"][1]["box"] == [24, 12, 20, 26] and len(record["digits"][1]["probabilities"]) == 10
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_a_blank_image_holds_no_number(value):
+  with pytest.raises(digit_image.ImageError, match="no ink found"):
+    read_number.read_number(np.full((40, 100), value, np.uint8), FakeRecogniser())
+
+
+def test_otsu_threshold_separates_two_levels():
+  values = np.concatenate([np.full(900, 0.1), np.full(100, 0.8)])
+  assert 0.1 <= read_number.otsu_threshold(values) < 0.8
+
+
+def test_the_benchmark_composes_the_same_string_from_the_same_seed():
+  digits = np.zeros((20, 28, 28), np.uint8)
+  digits[:, 4:24, 10:16] = 200
+  labels = np.arange(20) % 10
+  first, second = (number_strings.make_string(digits, labels, np.random.default_rng([3, 7]), "touching",
+                                              "paper") for _ in range(2))
+  assert np.array_equal(first[0], second[0]) and first[1] == second[1]
+  assert 5 <= len(first[1]) <= 10 and first[0].dtype == np.uint8
+
+
+def test_the_threshold_is_the_lowest_that_reaches_the_target():
+  records = [{"weakest": w, "right": r} for w, r in [(0.2, False), (0.5, True), (0.6, False), (0.9, True),
+                                                    (0.95, True)]]
+  assert number_strings.pick_threshold(records, 0.99) == 0.9
+  assert number_strings.pick_threshold(records, 0.7) == 0.5
+
+
+# --- A trained network on real MNIST test digits -------------------------------------------------------
+
+
+STRINGS, LENGTH = 50, 5
+
+
+@pytest.fixture(scope="module")
+def mnist_test(mnist_manual_dir):
+  return varied_digits.read_mnist_test(str(mnist_manual_dir))
+
+
+def test_strings_of_real_digits_apart_are_read(trained_run, mnist_test):
+  """50 strings of 5 MNIST test digits, gaps of 2 to 6 pixels, per-digit scale and a wavy baseline.
+
+  If segmentation were perfect, a string would be right with probability p^5, p the network's test
+  accuracy (about 0.975 for this short run: p^5 about 0.88). The bound allows 0.15 below p^5: three
+  binomial standard deviations over 50 strings (sqrt(0.88 * 0.12 / 50) = 0.046) for chance, and room for
+  what preprocessing composed digits costs; a segmentation that split or merged digits even one string
+  in five would fall below it."""
+  workdir, final = trained_run
+  probabilities_fn = read_number.predictor_probabilities(predict.load_predictor(str(workdir)))
+  images, labels = mnist_test
+  right = []
+  for index in range(STRINGS):
+    rng = np.random.default_rng([0, index])
+    chosen = rng.integers(0, len(images), LENGTH)
+    image, _ = number_strings.compose(images[chosen], (2, 6), rng)
+    reading = read_number.read_number(image, probabilities_fn)
+    right.append(reading.text == "".join(str(d) for d in labels[chosen]))
+  bound = final["test_accuracy"] ** LENGTH - 0.15
+  assert np.mean(right) >= bound, (np.mean(right), bound)
+
+
+def test_predict_number_on_the_command_line(trained_run, mnist_test, tmp_path):
+  """The command's --json reading of a composed paper-like string equals the Python API's."""
+  workdir, _ = trained_run
+  images, labels = mnist_test
+  rng = np.random.default_rng([1, 0])
+  image, _ = number_strings.compose(images[:6], (3, 5), rng)
+  path = tmp_path / "number.png"
+  Image.fromarray(number_strings.on_paper(image, rng)).save(path)
+  result = subprocess.run([sys.executable, "-m", "alexnet_jax.predict", "--workdir", str(workdir), "--number",
+                           "--json", str(path)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  predictor = predict.load_predictor(str(workdir))
+  probabilities_fn = read_number.predictor_probabilities(predictor)
+  expected = read_number.read_number(digit_image.read_image(str(path)), probabilities_fn)
+  assert printed["text"] == expected.text and len(printed["digits"]) == len(expected.digits)
+  assert [d["box"] for d in printed["digits"]] == [list(d.box) for d in expected.digits]
+  assert printed["confidence"] == pytest.approx(expected.confidence, rel=1e-5)
