@@ -1,7 +1,8 @@
-"""The drawing page and the JSON API: the same answers as `predict`, a 4xx naming every bad input and the
-server still serving, no 500 under schemathesis, a burst of concurrent requests, a real browser drawing
-digits on the page, and a server that hostile bodies cannot exhaust (bounded reads, PNG and JPEG only,
-bounded decoding memory and concurrency, every Pillow failure a 4xx)."""
+"""The drawing page and the JSON API: the same answers as `predict` (one digit) and `read_number` (a
+number, boxes in the uploaded image's pixels), a 4xx naming every bad input and the server still serving,
+no 500 under schemathesis, a burst of concurrent requests, a real browser drawing digits and numbers on the
+page, and a server that hostile bodies cannot exhaust (bounded reads, PNG and JPEG only, bounded decoding
+memory and concurrency, every Pillow failure a 4xx)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from alexnet_jax.inference import digit_image, predict, serve
-from experiments import drawn_digits
+from alexnet_jax.inference import digit_image, predict, read_number, serve
+from experiments import drawn_digits, number_strings, varied_digits
 from tests.conftest import REPO_ROOT, free_port
 
 MB = 1024 * 1024
@@ -68,7 +69,13 @@ def test_health_page_and_static_files(client, predictor):
   assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
   assert client.get("/static/app.js").status_code == 200
   assert client.get("/static/style.css").status_code == 200
-  assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+  assert page.status_code == 200 and 'id="mode-number"' in page.text and 'id="overlay"' in page.text
+  schema = client.get("/openapi.json").json()
+  assert {"/api/predict", "/api/read"} <= set(schema["paths"])
+  answer = schema["paths"]["/api/read"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+  assert answer == {"$ref": "#/components/schemas/NumberAnswer"}
+  assert set(schema["components"]["schemas"]["NumberAnswer"]["properties"]) == {
+      "text", "confidence", "uncertain", "digits", "checkpoint_step"}
 
 
 def test_the_api_answers_as_the_python_predictor(client, predictor, tmp_path):
@@ -228,6 +235,110 @@ def test_large_images_are_scaled_down_before_they_become_floats(monkeypatch):
     seen = digit_image.preprocess(grey).astype(int)
     assert (np.abs(seen - full) > 8).mean() < 0.01  # at most the stroke's two ends one pixel apart
   assert decoded_sizes == [(512, 1024)]  # the JPEG's pixels were decoded at 1/4 scale
+
+
+# --- POST /api/read: a whole number ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist_test(mnist_manual_dir):
+  return varied_digits.read_mnist_test(str(mnist_manual_dir))
+
+
+def _number_image(mnist_test, seed: int = 0, length: int = 5) -> np.ndarray:
+  """`length` MNIST test digits side by side, 6 to 10 px apart (light on black, uint8)."""
+  images, _ = mnist_test
+  rng = np.random.default_rng([seed, 35])
+  image, _ = number_strings.compose(images[rng.integers(0, len(images), length)], (6, 10), rng)
+  return image
+
+
+def _read(client, data: bytes, content_type: str = "image/png"):
+  return client.post("/api/read", content=data, headers={"Content-Type": content_type})
+
+
+def _as_json(reading: read_number.NumberReading, step: int) -> dict:
+  return {**reading.to_dict(), "checkpoint_step": step,
+          "digits": [{"digit": d.digit, "probabilities": list(d.probabilities), "box": list(d.box)}
+                     for d in reading.digits]}
+
+
+def test_the_read_api_answers_as_read_number(client, predictor, mnist_test, tmp_path):
+  """A PNG of five MNIST test digits, as the body and as a multipart upload: the JSON is `read_number`'s
+  reading of the same file through the Python API (probabilities to 1e-6)."""
+  data = _png(_number_image(mnist_test))
+  path = tmp_path / "number.png"
+  path.write_bytes(data)
+  expected = _as_json(read_number.read_number(digit_image.read_image(str(path)),
+                                              read_number.predictor_probabilities(predictor)),
+                      predictor.checkpoint_step)
+  for response in (_read(client, data),
+                   client.post("/api/read", files={"file": ("number.png", data, "image/png")})):
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert {k: v for k, v in result.items() if k not in ("digits", "confidence")} == {
+        k: v for k, v in expected.items() if k not in ("digits", "confidence")}
+    assert result["confidence"] == pytest.approx(expected["confidence"], rel=1e-5)
+    assert [d["box"] for d in result["digits"]] == [d["box"] for d in expected["digits"]]
+    assert [d["digit"] for d in result["digits"]] == [d["digit"] for d in expected["digits"]]
+    np.testing.assert_allclose([d["probabilities"] for d in result["digits"]],
+                               [d["probabilities"] for d in expected["digits"]], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG rotated by EXIF"])
+def test_a_large_number_image_is_read_with_boxes_in_its_own_pixels(client, predictor, mnist_test,
+                                                                   image_format):
+  """A number image over WORK_SIDE pixels wide is decoded scaled down (bounded memory), and its boxes are
+  scaled back: they are `read_number`'s boxes on the decoded pixels times the factor, and together they
+  cover the ink of the full-size image to within that factor. A JPEG stored on its side (EXIF orientation
+  6) is read upright, its boxes in the upright image's pixels."""
+  factor = 10
+  upright = np.kron(_number_image(mnist_test, seed=1), np.ones((factor, factor), np.uint8))
+  assert upright.shape[1] > serve.WORK_SIDE
+  buffer = io.BytesIO()
+  if image_format == "PNG":
+    Image.fromarray(upright).save(buffer, format="PNG")
+  else:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: stored a quarter anticlockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(buffer, format="JPEG", quality=95,
+                                                                      exif=exif)
+  data = buffer.getvalue()
+  response = _read(client, data, "image/png" if image_format == "PNG" else "image/jpeg")
+  assert response.status_code == 200, response.text
+  boxes = np.array([d["box"] for d in response.json()["digits"]])
+
+  grey = digit_image.decode_image(data, formats=serve.FORMATS, work_side=serve.WORK_SIDE)
+  scale = round(upright.shape[1] / grey.shape[1])
+  assert scale > 1 and grey.shape[0] * scale >= upright.shape[0]  # decoded scaled down, upright
+  reading = read_number.read_number(grey, read_number.predictor_probabilities(predictor))
+  expected = []
+  for digit in reading.digits:  # each decoded pixel averages a scale x scale block of the upright image
+    x, y, w, h = digit.box
+    right, bottom = min((x + w) * scale, upright.shape[1]), min((y + h) * scale, upright.shape[0])
+    expected.append([x * scale, y * scale, right - x * scale, bottom - y * scale])
+  assert boxes.tolist() == expected
+  rows, cols = np.flatnonzero((upright > 64).any(axis=1)), np.flatnonzero((upright > 64).any(axis=0))
+  ink = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+  union = np.array([boxes[:, 0].min(), boxes[:, 1].min(), (boxes[:, 0] + boxes[:, 2]).max(),
+                    (boxes[:, 1] + boxes[:, 3]).max()])
+  assert np.abs(union - ink).max() <= 2 * scale, (union, ink)
+
+
+def _read_bad_inputs() -> list[tuple[str, bytes, str, int, str]]:
+  bmp = _other_formats()[0][1]
+  return [*_bad_inputs(), ("a BMP labelled PNG", bmp, "image/png", 415, "not a PNG or JPEG image")]
+
+
+@pytest.mark.parametrize("bad", _read_bad_inputs(), ids=[b[0] for b in _read_bad_inputs()])
+def test_bad_input_to_read_gets_the_same_4xx_as_predict(client, mnist_test, bad):
+  name, data, content_type, status, message = bad
+  response = _read(client, data, content_type)
+  assert response.status_code == status, (name, response.text)
+  assert response.headers["content-type"] == "application/json"
+  assert message in response.json()["detail"]
+  assert response.json() == _predict(client, data, content_type).json()
+  assert _read(client, _png(_number_image(mnist_test))).status_code == 200
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,6 +542,83 @@ def test_a_browser_draws_digits_and_the_page_shows_the_predictors_answer(server,
     page.wait_for_function("() => document.getElementById('error').textContent !== ''")
     assert "not a PNG or JPEG image" in page.inner_text("#error")
     assert page.inner_text("#digit") == "?" and not page.is_visible("#preview")
+    browser.close()
+
+
+NUMBER = "90217"  # digits of drawn_digits.STROKES that the trained network reads reliably, drawn apart
+
+
+def _draw_number(page, digits: str, scale: float = 0.8) -> None:
+  """`drawn_digits.STROKES` of each digit, scaled by `scale`, centred in its own cell of the wide canvas
+  (cells of a fifth of its width for five digits: gaps of about 30 px between the digits' ink)."""
+  box = page.locator("#canvas").bounding_box()
+  width, height = page.evaluate("[document.getElementById('canvas').width, "
+                                "document.getElementById('canvas').height]")
+  shown = box["width"] / width  # CSS pixels per canvas pixel
+  cell = width / len(digits)
+  for index, digit in enumerate(digits):
+    left = index * cell + cell / 2 - scale * drawn_digits.CANVAS / 2
+    top = height / 2 - scale * drawn_digits.CANVAS / 2
+    for stroke in drawn_digits.STROKES[digit]:
+      points = [(box["x"] + (left + scale * x) * shown, box["y"] + (top + scale * y) * shown)
+                for x, y in stroke]
+      page.mouse.move(*points[0])
+      page.mouse.down()
+      for point in points[1:]:
+        page.mouse.move(*point, steps=12)
+      page.mouse.up()
+
+
+def _wait_for_reading(page) -> str:
+  """The string the page shows once the send made on the last stroke's release has been answered."""
+  page.wait_for_function("() => { const c = document.getElementById('canvas');"
+                         " return c.dataset.pending === '0' &&"
+                         " document.getElementById('number').dataset.requests === c.dataset.sent; }")
+  return page.inner_text("#number")
+
+
+@pytest.mark.slow
+def test_a_browser_writes_a_number_and_the_page_shows_read_numbers_answer(trained_run, tmp_path):
+  """The page's number mode, on a trained network: five digits drawn side by side on the wide canvas are
+  read as five, one box each drawn over the writing, and the page shows what `read_number` reads in the
+  canvas's own PNG (string, confidence, flag and boxes); the one-digit mode comes back as it was."""
+  if not os.path.exists(drawn_digits.CHROMIUM):
+    message = "Debian's chromium is needed: apt-get install chromium (never `playwright install`)"
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+  workdir, _ = trained_run
+  predictor = predict.load_predictor(str(workdir), "latest")
+  with _serving(str(workdir)) as running, sync_playwright() as playwright:
+    browser = drawn_digits.launch_chromium(playwright, str(tmp_path / "profile"))
+    page = browser.new_page()
+    page.goto(running.url)
+    page.click("#mode-number")
+    assert page.evaluate("document.getElementById('canvas').width") > 2 * drawn_digits.CANVAS
+    assert page.is_visible("#number-answer") and not page.is_visible("#bars")
+    _draw_number(page, NUMBER)
+    shown = _wait_for_reading(page)
+    path = tmp_path / "number.png"
+    path.write_bytes(drawn_digits.canvas_png(page))
+    expected = read_number.read_number(digit_image.read_image(str(path)),
+                                       read_number.predictor_probabilities(predictor))
+    assert len(shown) == 5 and shown == expected.text, (shown, expected.text)
+    assert page.get_attribute("#overlay", "data-boxes") == "5"
+    items = page.locator("#digits li").all_inner_texts()
+    assert [item.split(",", 1)[1].strip() for item in items] == [
+        f"box [{', '.join(map(str, d.box))}]" for d in expected.digits]
+    assert page.inner_text("#confidence") == f"confidence {100 * expected.confidence:.1f}%"
+    assert page.is_visible("#uncertain") == expected.uncertain
+    assert page.inner_text("#error") == ""
+    page.screenshot(path=str(tmp_path / "number_page.png"))
+    # Back to one digit: the square canvas and its answer, the number's boxes gone.
+    page.click("#mode-digit")
+    assert page.evaluate("document.getElementById('canvas').width") == drawn_digits.CANVAS
+    assert page.get_attribute("#overlay", "data-boxes") == "0" and not page.is_visible("#number-answer")
+    drawn_digits.draw(page, drawn_digits.STROKES["7"])
+    assert drawn_digits.wait_for_answer(page) == "7"
     browser.close()
 
 

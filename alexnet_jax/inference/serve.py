@@ -7,7 +7,8 @@ and every request goes through `predict`'s own preprocessing and `Predictor`, so
 
 * `GET /`: a page (no build step, nothing fetched from outside: `inference/static/`) with a canvas to
   draw on (mouse, pen or finger), a file upload, the prediction, the ten probabilities and the 28x28 image
-  the network actually sees.
+  the network actually sees; or, in its number mode, a wide canvas read by `/api/read`, each digit's box
+  drawn over it.
 * `POST /api/predict`: PNG or JPEG bytes as the body (`Content-Type: image/png|jpeg`) or a multipart
   upload (field `file`) -> `{digit, probabilities, top_k, preprocessed_png_base64, checkpoint_step}`.
   Bad input gets a 4xx JSON `{"detail": ...}` naming the problem: 400 a PNG or JPEG that cannot be decoded
@@ -32,7 +33,7 @@ from absl import app, flags
 from PIL import Image
 
 from alexnet_jax import cli
-from alexnet_jax.inference import digit_image, predict
+from alexnet_jax.inference import digit_image, predict, read_number
 from alexnet_jax.training import checkpointing
 
 try:
@@ -42,7 +43,7 @@ try:
   from fastapi.concurrency import run_in_threadpool
   from fastapi.responses import FileResponse
   from fastapi.staticfiles import StaticFiles
-  from pydantic import BaseModel
+  from pydantic import BaseModel, Field
   from starlette.datastructures import Headers
   from starlette.formparsers import MultiPartException, MultiPartParser
   from starlette.requests import ClientDisconnect
@@ -50,6 +51,9 @@ except ImportError as e:  # the optional `serve` extra is missing: `require_extr
   MISSING_EXTRA: str | None = (f"error: alexnet_jax.serve needs the `serve` extra ({e}): "
                                "pip install -e '.[serve]'")
   BaseModel = object  # lets this module import, so that the command can say what is missing
+
+  def Field(*_: Any, **__: Any) -> None:  # noqa: N802 - pydantic's, stood in for as BaseModel is
+    return None
 else:
   MISSING_EXTRA = None
 
@@ -91,6 +95,45 @@ class Prediction(BaseModel):
   checkpoint_step: int
 
 
+class DigitInNumber(BaseModel):
+  digit: int
+  probabilities: list[float]
+  box: list[int] = Field(description="[x, y, w, h] of the digit's ink, in the uploaded image's pixels")
+
+
+class NumberAnswer(BaseModel):
+  """The answer of POST /api/read: `read_number`'s reading of the whole image."""
+
+  text: str
+  confidence: float = Field(description="the product of the digits' probabilities")
+  uncertain: bool = Field(description="the weakest digit's probability is below the threshold")
+  digits: list[DigitInNumber]
+  checkpoint_step: int
+
+
+def original_size(data: bytes, decoded: tuple[int, int]) -> tuple[int, int]:
+  """(height, width) of the encoded image as shown (its EXIF orientation applied), given the (height, width)
+  it was decoded at: only its header is read. A quarter turn swaps the sides; of the two orders, the one
+  whose sides are the decoded ones scaled by one factor is it."""
+  with Image.open(io.BytesIO(data)) as opened:
+    width, height = opened.size
+  if max(decoded) == max(width, height):  # not scaled down: the orientation is plain in the decoded shape
+    return decoded
+  factor = max(width, height) / max(decoded)
+  mismatch = abs(decoded[0] * factor - height) + abs(decoded[1] * factor - width)
+  swapped = abs(decoded[0] * factor - width) + abs(decoded[1] * factor - height)
+  return (height, width) if mismatch <= swapped else (width, height)
+
+
+def scaled_box(box: tuple[int, int, int, int], factor: int, size: tuple[int, int]) -> list[int]:
+  """A box [x, y, w, h] in pixels decoded at 1/`factor` scale (each the average of a `factor` x `factor`
+  block: JPEG's draft and Image.reduce both scale by whole blocks) -> the original pixels of those blocks,
+  kept inside the original image of `size` (height, width)."""
+  x, y, w, h = box
+  x1, y1 = min(size[1], (x + w) * factor), min(size[0], (y + h) * factor)
+  return [x * factor, y * factor, x1 - x * factor, y1 - y * factor]
+
+
 class PredictionService:
   """One loaded network behind a lock: concurrent requests run one at a time on its compiled shapes."""
 
@@ -111,6 +154,31 @@ class PredictionService:
     return {"digit": record["prediction"], "probabilities": record["probabilities"],
             "top_k": record["top3"], "preprocessed_png_base64": png_base64(image),
             "checkpoint_step": self.predictor.checkpoint_step}
+
+  def read_bytes(self, data: bytes, name: str = "upload") -> dict[str, Any]:
+    """The image read as a string of digits; boxes in its own pixels. Raises digit_image.ImageError as
+    `predict_bytes` does (a blank image: "no ink")."""
+    if len(data) > MAX_BYTES:
+      raise digit_image.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
+    # Decoded at most WORK_SIDE a side, as for one digit (bounded memory); the boxes are scaled back below.
+    grey = digit_image.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
+    network = read_number.predictor_probabilities(self.predictor)
+
+    def probabilities(images: np.ndarray) -> np.ndarray:  # the network, one request at a time
+      with self._lock:
+        return network(images)
+
+    reading = read_number.read_number(grey, probabilities).to_dict()
+    size = original_size(data, grey.shape[:2])
+    if size != grey.shape[:2]:
+      # The decoded side is ceil(side / factor), factor a whole number up to MAX_SIDE / (WORK_SIDE / 2): the
+      # ratio of the longest sides rounds to it.
+      factor = round(max(size) / max(grey.shape[:2]))
+      for digit in reading["digits"]:
+        digit["box"] = scaled_box(digit["box"], factor, size)
+    reading["digits"] = [{**digit, "box": list(digit["box"]), "probabilities": list(digit["probabilities"])}
+                         for digit in reading["digits"]]
+    return {**reading, "checkpoint_step": self.predictor.checkpoint_step}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -181,18 +249,21 @@ def create_app(service: PredictionService) -> FastAPI:
   def health() -> dict[str, Any]:
     return {"status": "ok", "checkpoint_step": service.predictor.checkpoint_step}
 
-  @api.post("/api/predict", response_model=Prediction, responses=errors,
-            openapi_extra={"requestBody": request_body})
-  async def predict_image(request: Request) -> dict[str, Any]:
+  async def image_of(request: Request) -> tuple[bytes, str]:
+    """The image's bytes and name from a body of a content type in IMAGE_TYPES or a multipart upload, both
+    read bounded; 415 for any other content type."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
       body = await read_body(request, MAX_BYTES + MULTIPART_OVERHEAD)
-      data, name = await multipart_file(request.headers, body)
-    elif content_type in IMAGE_TYPES:
-      data, name = await read_body(request, MAX_BYTES), "body"
-    else:
-      raise HTTPException(415, f"content type {content_type or 'missing'!r}: send {', '.join(IMAGE_TYPES)} "
-                          "bytes or a multipart/form-data upload", headers=CLOSE)
+      return await multipart_file(request.headers, body)
+    if content_type in IMAGE_TYPES:
+      return await read_body(request, MAX_BYTES), "body"
+    raise HTTPException(415, f"content type {content_type or 'missing'!r}: send {', '.join(IMAGE_TYPES)} "
+                        "bytes or a multipart/form-data upload", headers=CLOSE)
+
+  async def decoded(work, data: bytes, name: str) -> dict[str, Any]:
+    """`work(data, name)` in a worker thread once a decode slot is free (503 after DECODE_WAIT_S), its
+    ImageErrors mapped to their 4xx."""
     try:
       async with asyncio.timeout(DECODE_WAIT_S):
         await decode_slots.acquire()
@@ -200,7 +271,7 @@ def create_app(service: PredictionService) -> FastAPI:
       raise HTTPException(503, f"busy: {DECODE_SLOTS} images are being decoded; retry shortly",
                           headers={"Retry-After": "1"}) from None
     try:
-      return await run_in_threadpool(service.predict_bytes, data, name)
+      return await run_in_threadpool(work, data, name)
     except digit_image.ImageTooLargeError as e:
       raise HTTPException(413, str(e)) from None
     except digit_image.UnsupportedFormatError as e:
@@ -209,6 +280,19 @@ def create_app(service: PredictionService) -> FastAPI:
       raise HTTPException(422 if "no ink" in str(e) else 400, str(e)) from None
     finally:
       decode_slots.release()
+
+  @api.post("/api/predict", response_model=Prediction, responses=errors,
+            openapi_extra={"requestBody": request_body})
+  async def predict_image(request: Request) -> dict[str, Any]:
+    data, name = await image_of(request)
+    return await decoded(service.predict_bytes, data, name)
+
+  @api.post("/api/read", response_model=NumberAnswer, responses=errors,
+            openapi_extra={"requestBody": request_body})
+  async def read_image(request: Request) -> dict[str, Any]:
+    """The image read as a string of digits (a postcode, an amount), each digit's box in its pixels."""
+    data, name = await image_of(request)
+    return await decoded(service.read_bytes, data, name)
 
   return api
 
