@@ -42,8 +42,6 @@ def define_trained_run(multiple: bool = False) -> None:
   flags.mark_flags_as_required(["workdir"])
 
 
-# TensorFlow's C++ INFO lines (it reads TFDS's records) are set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 _OWN_CODE = (f"{os.sep}alexnet_jax{os.sep}", f"{os.sep}experiments{os.sep}")
 
 

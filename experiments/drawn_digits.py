@@ -105,12 +105,14 @@ def draw(page, strokes: Sequence[Sequence[tuple[int, int]]]) -> None:
     page.mouse.up()
 
 
-def wait_for_answer(page) -> str:
-  """The digit the page shows once the send made on the last stroke's release has been answered."""
-  page.wait_for_function("() => { const c = document.getElementById('canvas');"
+def wait_for_answer(page, element: str = "digit") -> str:
+  """What the page shows in `element` (#digit: the digit; #number: a number's reading) once the send made
+  on the last stroke's release has been answered."""
+  page.wait_for_function("(element) => { const c = document.getElementById('canvas');"
                          " return c.dataset.pending === '0' &&"
-                         " document.getElementById('digit').dataset.requests === c.dataset.sent; }")
-  return page.inner_text("#digit")
+                         " document.getElementById(element).dataset.requests === c.dataset.sent; }",
+                         arg=element)
+  return page.inner_text(f"#{element}")
 
 
 def canvas_png(page) -> bytes:

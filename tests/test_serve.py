@@ -569,14 +569,6 @@ def _draw_number(page, digits: str, scale: float = 0.8) -> None:
       page.mouse.up()
 
 
-def _wait_for_reading(page) -> str:
-  """The string the page shows once the send made on the last stroke's release has been answered."""
-  page.wait_for_function("() => { const c = document.getElementById('canvas');"
-                         " return c.dataset.pending === '0' &&"
-                         " document.getElementById('number').dataset.requests === c.dataset.sent; }")
-  return page.inner_text("#number")
-
-
 @pytest.mark.slow
 def test_a_browser_writes_a_number_and_the_page_shows_read_numbers_answer(trained_run, tmp_path):
   """The page's number mode, on a trained network: five digits drawn side by side on the wide canvas are
@@ -599,7 +591,7 @@ def test_a_browser_writes_a_number_and_the_page_shows_read_numbers_answer(traine
     assert page.evaluate("document.getElementById('canvas').width") > 2 * drawn_digits.CANVAS
     assert page.is_visible("#number-answer") and not page.is_visible("#bars")
     _draw_number(page, NUMBER)
-    shown = _wait_for_reading(page)
+    shown = drawn_digits.wait_for_answer(page, "number")
     path = tmp_path / "number.png"
     path.write_bytes(drawn_digits.canvas_png(page))
     expected = read_number.read_number(digit_image.read_image(str(path)),
