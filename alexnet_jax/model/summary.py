@@ -99,6 +99,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
   del argv
+  cli.quiet_libraries()
   model = alexnet.create_model(flags.FLAGS.config.model)
   sys.stdout.write(f"AlexNet variant={model.variant!r}\n\n{markdown_table(layer_table(model))}\n")
 
