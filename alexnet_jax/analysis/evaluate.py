@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from alexnet_jax import cli
 from alexnet_jax.analysis import attributions, classification_metrics, report_plots, robustness
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.inference import calibration, test_time_augmentation, trained_run
+from alexnet_jax.inference import calibrate, calibration, test_time_augmentation, trained_run
 from alexnet_jax.training import checkpointing, metric_logging
 
 FLAGS = flags.FLAGS
@@ -64,16 +64,8 @@ def calibrated(run: trained_run.TrainedRun, splits: dict[str, input_pipeline.Spl
   """`run` with a temperature: the stored one, else one fitted now on validation (and stored)."""
   if run.temperature is not None:
     return run
-  if "validation" not in splits:
-    logging.warning("%s: no validation split to fit a temperature on: probabilities uncalibrated",
-                    run.workdir)
-    return run
-  entry = calibration.calibrate(run.workdir, run.weights, run.step,
-                                run.split_logits(splits["validation"], run.config.eval_batch_size),
-                                tta_radius=run.tta_radius)
-  logging.info("%s: temperature %.4f fitted on validation (ECE %.4f -> %.4f)", run.workdir,
-               entry["temperature"], entry["val_ece_before"], entry["val_ece_after"])
-  return dataclasses.replace(run, temperature=entry["temperature"])
+  entry = calibrate.fit(run, splits, with_test=False)
+  return run if entry is None else dataclasses.replace(run, temperature=entry["temperature"])
 
 
 def confused_pair_galleries(run: trained_run.TrainedRun, most_confused: list[dict[str, int]],

@@ -10,6 +10,7 @@ calibration.py's. An entry already stored is kept as it is: nothing is restored 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from absl import logging
@@ -21,7 +22,7 @@ from alexnet_jax.training import checkpointing
 
 def _loadable(workdir: str, config: Any) -> list[tuple[int, str]]:
   """(step, weights) of every checkpoint loadable by name (best, latest) and every kind of weights kept."""
-  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints", read_only=True)
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     steps = {checkpointing.resolve_step(checkpointer, "latest")}
     if checkpointer.best_step() is not None:
@@ -41,19 +42,28 @@ def calibrate_checkpoint(workdir: str, step: int, weights: str, splits: dict[str
   if stored is not None:
     return stored
   run = trained_run.load(workdir, str(step), weights, warn_if_uncalibrated=False)
-  batch_size = run.config.eval_batch_size
   if splits is None:
-    splits = input_pipeline.load_mnist(run.config.data, batch_size)
+    splits = input_pipeline.load_mnist(run.config.data, run.config.eval_batch_size)
+  return fit(run, splits, store=store)
+
+
+def fit(run: trained_run.TrainedRun, splits: dict[str, Any], *, with_test: bool = True,
+        store: bool = True) -> dict[str, Any] | None:
+  """The temperature of a loaded run (its weights, step and test-time augmentation) fitted on the
+  validation split and stored (unless `store` is False); the test split's figures beside it unless
+  `with_test` is False. None, with a warning, when there is no validation split."""
   if "validation" not in splits:
     logging.warning("%s: no validation split (data.validation_size=0): probabilities stay uncalibrated",
-                    workdir)
+                    run.workdir)
     return None
-  test = run.split_logits(splits["test"], batch_size) if "test" in splits else None
-  validation = run.split_logits(splits["validation"], batch_size)
-  entry = calibration.calibrate(workdir, weights, step, validation, test, store=store)
-  logging.info("calibration of the %s weights at step %d: temperature %.4f (fitted on validation); test "
-               "calibration error %.4f -> %.4f", weights, step, entry["temperature"],
-               entry.get("test_ece_before", float("nan")), entry.get("test_ece_after", float("nan")))
+  batch_size = run.config.eval_batch_size
+  test = run.split_logits(splits["test"], batch_size) if with_test and "test" in splits else None
+  entry = calibration.calibrate(run.workdir, run.weights, run.step,
+                                run.split_logits(splits["validation"], batch_size), test,
+                                tta_radius=run.tta_radius, store=store)
+  logging.info("%s: temperature %.4f for the %s weights at step %d (fitted on validation; ECE %.4f -> "
+               "%.4f)", run.workdir, entry["temperature"], run.weights, run.step, entry["val_ece_before"],
+               entry["val_ece_after"])
   return entry
 
 
@@ -61,12 +71,9 @@ def calibrate_run(workdir: str, *, store: bool = True) -> list[dict[str, Any]]:
   """Every loadable checkpoint's entries (best and latest; raw and moving-average weights where kept),
   fitted where missing; the data is loaded once, and only if something is missing."""
   config = trained_run.load_config(workdir)
-  missing = [(step, weights) for step, weights in _loadable(workdir, config)
-             if calibration.entry_key(weights, step) not in calibration.read_entries(workdir)]
+  loadable = _loadable(workdir, config)
+  stored = calibration.read_entries(workdir)
+  missing = [key for key in loadable if calibration.entry_key(key[1], key[0]) not in stored]
   splits = input_pipeline.load_mnist(config.data, config.eval_batch_size) if missing else None
-  entries = []
-  for step, weights in _loadable(workdir, config):
-    entry = calibrate_checkpoint(workdir, step, weights, splits, store=store)
-    if entry is not None:
-      entries.append(entry)
-  return entries
+  entries = [calibrate_checkpoint(workdir, step, weights, splits, store=store) for step, weights in loadable]
+  return [entry for entry in entries if entry is not None]

@@ -141,13 +141,18 @@ class PredictionService:
     self.predictor = predictor
     self._lock = threading.Lock()
 
+  @staticmethod
+  def _decode(data: bytes, name: str) -> np.ndarray:
+    """The upload in greyscale, decoded within the server's limits (bytes, formats, pixels: at most
+    WORK_SIDE a side); digit_image.ImageError (or ImageTooLargeError, UnsupportedFormatError) if not."""
+    if len(data) > MAX_BYTES:
+      raise digit_image.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
+    return digit_image.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
+
   def predict_bytes(self, data: bytes, name: str = "upload") -> dict[str, Any]:
     """Raises digit_image.ImageError (or its ImageTooLargeError, UnsupportedFormatError) for input that holds
     no readable digit."""
-    if len(data) > MAX_BYTES:
-      raise digit_image.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
-    grey = digit_image.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
-    image = digit_image.preprocess(grey)
+    image = digit_image.preprocess(self._decode(data, name))
     with self._lock:
       probabilities = self.predictor([image], preprocessed=True)[0]
     record = predict.result_record(name, probabilities)
@@ -158,10 +163,7 @@ class PredictionService:
   def read_bytes(self, data: bytes, name: str = "upload") -> dict[str, Any]:
     """The image read as a string of digits; boxes in its own pixels. Raises digit_image.ImageError as
     `predict_bytes` does (a blank image: "no ink")."""
-    if len(data) > MAX_BYTES:
-      raise digit_image.ImageTooLargeError(f"{name}: {len(data):,} bytes, more than {MAX_BYTES:,}")
-    # Decoded at most WORK_SIDE a side, as for one digit (bounded memory); the boxes are scaled back below.
-    grey = digit_image.decode_image(data, name, max_side=MAX_SIDE, formats=FORMATS, work_side=WORK_SIDE)
+    grey = self._decode(data, name)  # at most WORK_SIDE a side: the boxes are scaled back below
     network = read_number.predictor_probabilities(self.predictor)
 
     def probabilities(images: np.ndarray) -> np.ndarray:  # the network, one request at a time
@@ -176,8 +178,6 @@ class PredictionService:
       factor = round(max(size) / max(grey.shape[:2]))
       for digit in reading["digits"]:
         digit["box"] = scaled_box(digit["box"], factor, size)
-    reading["digits"] = [{**digit, "box": list(digit["box"]), "probabilities": list(digit["probabilities"])}
-                         for digit in reading["digits"]]
     return {**reading, "checkpoint_step": self.predictor.checkpoint_step}
 
 

@@ -105,9 +105,9 @@ def _restore(checkpointer: checkpointing.Checkpointer, which: str, target: Any) 
   step = checkpointing.resolve_step(checkpointer, which)
   candidates = [step] + ([s for s in reversed(checkpointer.all_steps()) if s != step]
                          if which in checkpointing.CHECKPOINT_CHOICES else [])
-  for candidate in candidates:
+  for candidate in candidates:  # the last one returns or raises
     try:
-      variables = checkpointer.restore_subtree(candidate, target)
+      return candidate, checkpointer.restore_subtree(candidate, target)
     except Exception as e:  # noqa: BLE001 - sorted into damage and everything else
       if not checkpointing.is_damage(e) or candidate == candidates[-1]:
         raise checkpointing.CheckpointError(
@@ -115,9 +115,6 @@ def _restore(checkpointer: checkpointing.Checkpointer, which: str, target: Any) 
             f"({checkpointing.describe(e)})") from None
       logging.warning("checkpoint at step %d in %s is damaged (%s); using the one before it", candidate,
                       checkpointer.directory, checkpointing.describe(e))
-      continue
-    return candidate, variables
-  raise AssertionError("unreachable")
 
 
 def resolve_weights(config: ml_collections.ConfigDict, weights: str) -> str:

@@ -4,7 +4,7 @@
 its final record. Around the steps it keeps the run's records (`metrics.jsonl`, TensorBoard), evaluates on
 validation every epoch and on test at the end, saves checkpoints, stops cleanly on SIGTERM (exit 143 from
 `main`), and stops with the last good checkpoint named when the loss or the parameters stop being finite.
-Calibrating the finished run's probabilities is a stage of its own (inference/calibration.py), which
+Calibrating the finished run's probabilities is a stage of its own (inference/calibrate.py), which
 `main` runs after this.
 """
 
