@@ -18,6 +18,7 @@ and `worst.png` (the most confident mistakes) to `--out` (default RUN/number_str
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -91,9 +92,9 @@ def on_paper(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, spacing: str,
-                rendering: str) -> tuple[np.ndarray, str, list]:
-  """One composed string: (image, its digits as text, their boxes)."""
-  chosen = rng.integers(0, len(images), rng.integers(LENGTHS[0], LENGTHS[1] + 1))
+                rendering: str, *, lengths: tuple[int, int] = LENGTHS) -> tuple[np.ndarray, str, list]:
+  """One composed string of lengths[0] to lengths[1] digits: (image, its digits as text, their boxes)."""
+  chosen = rng.integers(0, len(images), rng.integers(lengths[0], lengths[1] + 1))
   image, boxes = compose(images[chosen], SPACINGS[spacing], rng)
   if rendering == "paper":
     image = on_paper(image, rng)
@@ -115,21 +116,83 @@ def edit_distance(a: str, b: str) -> int:
   return row[-1]
 
 
-def read_strings(images: np.ndarray, labels: np.ndarray, probabilities_fn: read_number.ProbabilitiesFn, *,
-                 count: int, seed: int, paper: bool, stream: tuple[int, ...] = ()) -> list[dict]:
-  """Composes and reads `count` strings; one record each (the image kept for drawing)."""
-  records = []
+def find_strings(images: np.ndarray, labels: np.ndarray, probabilities_fn: read_number.ProbabilitiesFn, *,
+                 count: int, seed: int, paper: bool, lengths: tuple[int, int] = LENGTHS,
+                 stream: tuple[int, ...] = ()) -> list[dict]:
+  """Composes `count` strings and finds their candidate digits (the network's part, done once): one record
+  each with its image, truth and `read_number.Candidates`."""
+  strings = []
   for index in range(count):
     spacing, rendering = kind_of(index, paper)
     rng = np.random.default_rng([seed, index, *stream])
-    image, truth, boxes = make_string(images, labels, rng, spacing, rendering)
-    reading = read_number.read_number(image, probabilities_fn)
-    weakest = min(max(d.probabilities) for d in reading.digits)
-    records.append({"index": index, "spacing": spacing, "rendering": rendering, "truth": truth,
-                    "text": reading.text, "confidence": reading.confidence, "weakest": weakest,
-                    "right": reading.text == truth, "edits": edit_distance(reading.text, truth),
-                    "boxes": [list(d.box) for d in reading.digits], "image": image})
+    image, truth, _ = make_string(images, labels, rng, spacing, rendering, lengths=lengths)
+    strings.append({"index": index, "spacing": spacing, "rendering": rendering, "truth": truth,
+                    "image": image, "candidates": read_number.find_candidates(image, probabilities_fn)})
+  return strings
+
+
+def read_strings(strings: list[dict], priors: read_number.Priors = read_number.PRIORS) -> list[dict]:
+  """Each string's reading under `priors`: one record each (the image kept for drawing)."""
+  records = []
+  for string in strings:
+    candidates = string["candidates"]
+    path = read_number.choose_path(candidates, priors)
+    reading = read_number.reading_of(candidates, path)
+    truth = string["truth"]
+    records.append({key: string[key] for key in ("index", "spacing", "rendering", "truth", "image")} | {
+        "length": len(truth), "text": reading.text, "confidence": reading.confidence, "weakest": path.weakest,
+        "right": reading.text == truth, "edits": edit_distance(reading.text, truth),
+        "boxes": [list(d.box) for d in reading.digits]})
   return records
+
+
+# The values coordinate descent tries for each prior (`fit_priors`).
+PRIOR_GRID = {"wide": (0, 2, 5, 10, 20, 40), "wide_from": (0.9, 1.0, 1.1, 1.2, 1.3),
+              "low": (0, 2, 4, 6, 10, 16), "low_from": (0.5, 0.6, 0.7, 0.8), "merge": (0, 1, 2, 3, 5, 8),
+              "aspect": (0, 0.25, 0.5, 1, 2, 4), "width": (0, 0.25, 0.5, 1, 2, 4),
+              "slack": (0, 0.5, 1, 1.5, 2),
+              "digit": (-1, -0.5, 0, 0.5, 1, 2), "cut": (0, 0.5, 1, 1.5, 2, 3, 4),
+              "narrow_cut": (0, 1, 2, 4, 8, 16), "pair_width": (0.8, 1.0, 1.2, 1.4, 1.6),
+              "crossing": (0, 0.25, 0.5, 1, 2)}
+
+
+def fit_objective(strings: list[dict], priors: read_number.Priors) -> tuple[int, int]:
+  """Strings read right, then fewer edits: what the priors are fitted to maximise."""
+  right = edits = 0
+  for string in strings:
+    text = read_number.path_text(string["candidates"], read_number.choose_path(string["candidates"], priors))
+    right += text == string["truth"]
+    edits += edit_distance(text, string["truth"])
+  return right, -edits
+
+
+def fit_priors(strings: list[dict], priors: read_number.Priors = read_number.PRIORS,
+               grid: dict[str, tuple[float, ...]] | None = None, rounds: int = 4) -> read_number.Priors:
+  """Coordinate descent over `grid` (default PRIOR_GRID) from `priors`: each prior in turn set to its best
+  value with the others fixed, until a round changes nothing. The network is not run again."""
+  best = fit_objective(strings, priors)
+  for _ in range(rounds):
+    start = priors
+    for name, values in (grid or PRIOR_GRID).items():
+      for value in values:
+        candidate = dataclasses.replace(priors, **{name: float(value)})
+        score = fit_objective(strings, candidate)
+        if score > best:
+          best, priors = score, candidate
+    if priors == start:
+      break
+  return priors
+
+
+def aspect_table(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """(10, 2): mean and standard deviation of log(width / height) of each class's ink box (pixels above
+  0.45 of white), as `read_number.DIGIT_ASPECT`."""
+  ink = images > 0.45 * 255
+  rows, cols = ink.any(axis=2), ink.any(axis=1)
+  height = rows.shape[1] - rows[:, ::-1].argmax(axis=1) - rows.argmax(axis=1)
+  width = cols.shape[1] - cols[:, ::-1].argmax(axis=1) - cols.argmax(axis=1)
+  log_aspect = np.log(width / height)
+  return np.array([(log_aspect[labels == c].mean(), log_aspect[labels == c].std()) for c in range(10)])
 
 
 def pick_threshold(records: list[dict], target: float) -> float:
@@ -148,6 +211,12 @@ def summary(records: list[dict], threshold: float) -> dict:
   for key in ("spacing", "rendering"):
     for value in sorted({r[key] for r in records}):
       groups[value] = [r for r in records if r[key] == value]
+  for length in sorted({r["length"] for r in records}):
+    for spacing in ("", *SPACINGS):
+      for rendering in ("", *RENDERINGS):
+        name = " ".join(part for part in (f"{length} digits", spacing, rendering) if part)
+        groups[name] = [r for r in records if r["length"] == length and spacing in {"", r["spacing"]}
+                        and rendering in {"", r["rendering"]}]
   table = {name: {"strings": len(rs), "string_accuracy": float(np.mean([r["right"] for r in rs])),
                   "digit_accuracy": 1.0 - sum(r["edits"] for r in rs) / sum(len(r["truth"]) for r in rs)}
            for name, rs in groups.items() if rs}
@@ -186,8 +255,12 @@ def split_arrays(split: input_pipeline.Split) -> tuple[np.ndarray, np.ndarray]:
 
 
 def print_table(result: dict) -> None:
+  """Every group; per length only the whole group where there are several lengths (all in results.json)."""
+  several = len({name.split(" digits")[0] for name in result["groups"] if " digits" in name}) > 1
   for name, row in result["groups"].items():
-    print(f"{name:>12}: {row['string_accuracy']:7.2%} of {row['strings']:4d} strings, "
+    if several and " digits " in name:
+      continue
+    print(f"{name:>26}: {row['string_accuracy']:7.2%} of {row['strings']:4d} strings, "
           f"{row['digit_accuracy']:7.2%} of digits")
   accuracy = result["unflagged_accuracy"]
   print(f"threshold {result['threshold']:.4f} (picked on validation): {result['flagged']} flagged uncertain, "
@@ -198,29 +271,47 @@ def define_flags() -> None:
   cli.define_trained_run()
   flags.DEFINE_integer("count", 400, "Test strings (and as many validation strings for the threshold).")
   flags.DEFINE_integer("seed", 0, "Every string is composed from default_rng([seed, index]).")
+  flags.DEFINE_integer("min_length", LENGTHS[0], "Fewest digits in a string.")
+  flags.DEFINE_integer("max_length", LENGTHS[1], "Most digits in a string.")
   flags.DEFINE_bool("paper", False, "Render every other group of strings as dark ink on lit paper (JPEG).")
   flags.DEFINE_float("target", 0.95, "Accuracy of the unflagged validation strings the threshold aims at.")
+  flags.DEFINE_bool("fit_priors", False, "Fit read_number's priors on the validation strings (printed), and "
+                    "read the test strings with them instead of read_number.PRIORS.")
+  flags.DEFINE_bool("aspect_table", False, "Print read_number.DIGIT_ASPECT measured on the training split, "
+                    "and stop.")
   flags.DEFINE_string("out", "", "Folder for results.json and worst.png (default WORKDIR/number_strings).")
 
 
 def main(argv: list[str]) -> None:
   del argv
   cli.quiet_libraries()
-  predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   config = trained_run.load_config(FLAGS.workdir)
   splits = input_pipeline.load_mnist(config.data, config.eval_batch_size)
+  if FLAGS.aspect_table:
+    shards = [split_arrays(shard) for shard in splits["train"]]
+    images, labels = (np.concatenate(parts) for parts in zip(*shards, strict=True))
+    table = np.round(aspect_table(images, labels), 3).tolist()
+    print(f"DIGIT_ASPECT over {len(labels):,} training digits: {table}")
+    return
+  predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   probabilities_fn = read_number.predictor_probabilities(predictor)
-  validation = read_strings(*split_arrays(splits["validation"]), probabilities_fn, count=FLAGS.count,
-                            seed=FLAGS.seed, paper=FLAGS.paper, stream=(VALIDATION_STREAM,))
-  threshold = pick_threshold(validation, FLAGS.target)
-  test = read_strings(*split_arrays(splits["test"]), probabilities_fn, count=FLAGS.count, seed=FLAGS.seed,
-                      paper=FLAGS.paper)
+  lengths = (FLAGS.min_length, FLAGS.max_length)
+  settings = dict(count=FLAGS.count, seed=FLAGS.seed, paper=FLAGS.paper, lengths=lengths)
+  validation_strings = find_strings(*split_arrays(splits["validation"]), probabilities_fn,
+                                    stream=(VALIDATION_STREAM,), **settings)
+  priors = read_number.PRIORS
+  if FLAGS.fit_priors:
+    priors = fit_priors(validation_strings)
+    print(f"fitted on {len(validation_strings)} validation strings: {priors}")
+  threshold = pick_threshold(read_strings(validation_strings, priors), FLAGS.target)
+  test = read_strings(find_strings(*split_arrays(splits["test"]), probabilities_fn, **settings), priors)
   result = summary(test, threshold)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "number_strings")
   os.makedirs(out, exist_ok=True)
   draw_worst(test, os.path.join(out, "worst.png"))
   result.update(workdir=FLAGS.workdir, checkpoint_step=predictor.checkpoint_step, count=FLAGS.count,
-                seed=FLAGS.seed, paper=FLAGS.paper, target=FLAGS.target)
+                seed=FLAGS.seed, lengths=list(lengths), paper=FLAGS.paper, target=FLAGS.target,
+                priors=dataclasses.asdict(priors))
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)

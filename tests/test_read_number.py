@@ -57,7 +57,7 @@ def ring(canvas: np.ndarray, x: int, y: int, width: int = 20, height: int = 26) 
   canvas[y + 4:y + height - 4, x + 4:x + width - 4] = 0
 
 
-def bar(canvas: np.ndarray, x: int, y: int, width: int = 4, height: int = 26) -> None:
+def bar(canvas: np.ndarray, x: int, y: int, width: int = 6, height: int = 26) -> None:
   canvas[y:y + height, x:x + width] = 255
 
 
@@ -74,7 +74,7 @@ def string_image() -> np.ndarray:
 def test_reads_glyphs_apart_with_their_boxes_in_input_pixels():
   reading = read_number.read_number(string_image(), FakeRecogniser())
   assert reading.text == "1010"
-  assert [d.box for d in reading.digits] == [(10, 12, 4, 26), (24, 12, 20, 26), (60, 13, 4, 26),
+  assert [d.box for d in reading.digits] == [(10, 12, 6, 26), (24, 12, 20, 26), (60, 13, 6, 26),
                                              (80, 11, 20, 26)]
   assert not reading.uncertain and reading.confidence == pytest.approx(SURE ** 4)
   assert all(len(d.probabilities) == 10 for d in reading.digits)
@@ -119,6 +119,74 @@ def test_a_broken_digit_is_merged():
   assert reading.digits[0].box == (15, 10, 20, 28)
 
 
+class ReadsEverything:
+  """A recogniser as sure of a fragment as of a digit (as the network, which was never taught to reject
+  them): narrow ink is a 1, anything else a 0, doubtfully where it is wider than tall."""
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    answers = []
+    for field in images[..., 0] > 128:
+      rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+      aspect = (np.ptp(cols) + 1) / (np.ptp(rows) + 1)
+      answer = _answer(1 if aspect < 0.45 else 0)
+      answers.append(answer if aspect <= 0.9 else np.where(answer == SURE, 0.6, 0.4 / 9))
+    return np.stack(answers)
+
+
+def test_a_wide_single_digit_is_not_cut_into_confident_fragments():
+  """One ring as wide as it is tall beside two narrow ones: its slices would read as confidently as it, so
+  only the priors (a component no wider than a digit is rarely two) keep it whole."""
+  canvas = np.zeros((50, 110), np.uint8)
+  ring(canvas, 10, 12, width=14)
+  ring(canvas, 34, 12, width=26)
+  ring(canvas, 70, 12, width=14)
+  assert read_number.read_number(canvas, ReadsEverything()).text == "000"
+  no_priors = read_number.Priors(wide=0, low=0, merge=0, aspect=0, width=0, digit=0, cut=0, narrow_cut=0,
+                                 crossing=0)
+  assert len(read_number.read_number(canvas, ReadsEverything(), priors=no_priors).text) > 3
+
+
+def test_a_touching_pair_is_cut_though_the_recogniser_reads_the_merge_confidently():
+  canvas = np.zeros((50, 110), np.uint8)
+  ring(canvas, 10, 12, width=18)
+  ring(canvas, 28, 12, width=18)  # touching: one component 36 pixels wide, 1.4 digit heights
+  ring(canvas, 60, 12, width=18)
+  assert read_number.read_number(canvas, ReadsEverything()).text == "000"
+
+
+def test_fitting_the_priors_improves_what_they_are_fitted_on():
+  """Strings of rings apart, one of them wide, read by the recogniser sure of fragments: from priors that
+  allow any cut, coordinate descent finds priors that read them all right."""
+  strings = []
+  for wide in (22, 26, 30):
+    canvas = np.zeros((50, 120), np.uint8)
+    ring(canvas, 10, 12, width=14)
+    ring(canvas, 32, 12, width=wide)
+    ring(canvas, 40 + wide, 12, width=14)
+    strings.append({"truth": "000", "candidates": read_number.find_candidates(canvas, ReadsEverything())})
+  loose = read_number.Priors(cut=0, narrow_cut=0, crossing=0, wide=0, digit=-1)
+  grid = {"cut": (0, 1, 2, 4), "narrow_cut": (0, 4, 16), "digit": (-1, 0, 1)}
+  before = number_strings.fit_objective(strings, loose)
+  fitted = number_strings.fit_priors(strings, loose, grid)
+  after = number_strings.fit_objective(strings, fitted)
+  assert before[0] < len(strings) == after[0]
+  assert {name: getattr(fitted, name) for name in grid} != {name: getattr(loose, name) for name in grid}
+
+
+def test_too_many_pieces_are_refused_before_the_network_runs():
+  """A hostile upload to POST /api/read: hundreds of thin strokes would make one enormous batch."""
+  recogniser = FakeRecogniser()
+  canvas = np.zeros((40, 4 * (read_number.MAX_PIECES + 10)), np.uint8)
+  canvas[8:32, ::4] = 255
+  with pytest.raises(digit_image.ImageError, match="too many pieces"):
+    read_number.read_number(canvas, recogniser)
+  canvas = np.zeros((40, 3 * read_number.MAX_PIECES), np.uint8)  # fewer strokes, closer: too many runs
+  canvas[8:32, ::3] = 255
+  with pytest.raises(digit_image.ImageError, match="too many candidate digits"):
+    read_number.read_number(canvas, recogniser)
+  assert not recogniser.batches
+
+
 def test_one_batch_per_image():
   recogniser = FakeRecogniser()
   read_number.read_number(string_image(), recogniser)
@@ -131,7 +199,10 @@ def test_an_unknown_glyph_is_uncertain():
   reading = read_number.read_number(canvas, FakeRecogniser())
   assert reading.uncertain and len(reading.text) == 5
   assert min(max(d.probabilities) for d in reading.digits) == pytest.approx(0.1)
-  assert not read_number.read_number(canvas, FakeRecogniser(), uncertain_below=0.05).uncertain
+  # The flag weighs the priors too (a block is no 0's shape): the weakest digit's score is at most its 0.1.
+  weakest = read_number.choose_path(read_number.find_candidates(canvas, FakeRecogniser())).weakest
+  assert 0 < weakest <= 0.1
+  assert not read_number.read_number(canvas, FakeRecogniser(), uncertain_below=weakest / 2).uncertain
 
 
 def test_json_holds_the_whole_reading():
@@ -160,6 +231,9 @@ def test_the_benchmark_composes_the_same_string_from_the_same_seed():
                                               "paper") for _ in range(2))
   assert np.array_equal(first[0], second[0]) and first[1] == second[1]
   assert 5 <= len(first[1]) <= 10 and first[0].dtype == np.uint8
+  fives = {len(number_strings.make_string(digits, labels, np.random.default_rng([3, i]), "wide", "black",
+                                          lengths=(5, 5))[1]) for i in range(5)}
+  assert fives == {5}
 
 
 def test_the_threshold_is_the_lowest_that_reaches_the_target():

@@ -18,8 +18,10 @@ network believes most. Steps:
    that the separate top bar of a 5 sits beside its body) no wider than `MAX_WIDTH` digit heights;
 4. one batch: each segment's ink (its pieces, with the faint anti-aliased pixels nearest to them) is
    preprocessed exactly as a single digit (`digit_image.preprocess`) and read by the network in one call;
-5. the path: best over segmentations of sum(log max probability + log width/height prior), by dynamic
-   programming over the pieces.
+5. the path: best over segmentations of sum(log max probability + log-prior of the digit's size and
+   shape, and of the cuts at its ends), by dynamic programming over the pieces (`choose_path`). Steps 1-4
+   (`find_candidates`) do not depend on the prior, so that its weights (`Priors`) can be fitted on
+   validation strings without running the network again.
 """
 
 from __future__ import annotations
@@ -33,21 +35,70 @@ import scipy.ndimage as ndi
 
 from alexnet_jax.inference import digit_image
 
-# Defaults, documented in docs/evaluation_and_prediction.md#reading-a-whole-number. The priors were set by
-# hand on strings composed from validation digits (experiments/number_strings.py), never on test digits.
-UNCERTAIN_BELOW = 0.9  # a reading is `uncertain` when its weakest digit's probability is below this
+# Defaults, documented in docs/evaluation_and_prediction.md#reading-a-whole-number. Candidates (steps 2-3):
+UNCERTAIN_BELOW = 0.9  # a reading is `uncertain` when its weakest digit's score is below this
 MAX_WIDTH = 1.3  # the widest digit, in digit heights (MNIST's widest are about 1.0)
 SLICE_WIDTH = 0.6  # components wider than this (in digit heights), and not low, get candidate cuts
 GRID_STEP = 1 / 7  # candidate cuts every this many digit heights, besides the profile's minima
 SPECK = 0.2  # components smaller than this (in digit heights) both ways are noise
-SHORT = 0.45  # segments lower than this (in digit heights) are a piece of a digit, not a digit
-WIDE_PENALTY = 20.0  # log-prior per squared digit height of width beyond `WIDE_FROM`
-WIDE_FROM = 0.95
-SHORT_PENALTY = 6.0  # log-prior of a segment lower than `SHORT`
-CUT_PENALTY = 1.5  # log-prior of each cut through a component: the network reads fragments confidently
-MERGE_PENALTY = 3.0  # log-prior of one digit made of components side by side (a broken digit's overlap)
+SHORT = 0.45  # components lower than this (in digit heights) are never cut: a bar, a dash
 HALO = 1.5  # faint pixels this close (px) to a piece's ink are that piece's
 OPENING = 0.5  # background estimate: grey opening of this fraction of the image's shorter side
+# Bounds on the work one image may ask for (a hostile upload to POST /api/read): a line of 10 MNIST digits
+# has about 30 pieces and 200 candidate digits.
+MAX_PIECES = 300
+MAX_SEGMENTS = 3000
+# log(width / height) of each digit class's ink box, mean and standard deviation over MNIST's training
+# split (55,000 digits, binarised at 0.45): `python -m experiments.number_strings --aspect_table`.
+DIGIT_ASPECT = np.array([(-0.117, 0.214), (-0.997, 0.486), (-0.083, 0.237), (-0.257, 0.223), (-0.265, 0.227),
+                         (-0.085, 0.281), (-0.355, 0.226), (-0.29, 0.227), (-0.306, 0.234), (-0.425, 0.213)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Priors:
+  """The penalties that, added to the network's log-probabilities, choose the path (the network reads
+  fragments and merged pairs of digits confidently: it was never taught to reject them); sizes in digit
+  heights. Fitted on strings composed from validation digits, never test digits, by coordinate descent
+  over a grid (`python -m experiments.number_strings --workdir RUN --fit_priors`)."""
+
+  # Fitted from the hand-set values (wide 20 from 0.95, low 6 from 0.7, merge 3, aspect 1, width 0, slack
+  # 1.5, digit 0, cut 1.5, narrow_cut 0 below 1.2, crossing 0) on 600 5-digit validation strings, half on
+  # paper, read by a width-0.5 network (99.53% test accuracy): `python -m experiments.number_strings
+  # --workdir RUN --fit_priors --count 600 --min_length 5 --max_length 5 --paper` (which, started from
+  # these, changes none of them).
+  wide: float = 40.0  # per squared digit height of width beyond `wide_from`
+  wide_from: float = 0.95
+  low: float = 16.0  # per digit height of height below `low_from`: a piece of a digit
+  low_from: float = 0.8
+  merge: float = 3.0  # per pair of components side by side in one digit
+  aspect: float = 1.0  # per squared standard deviation / 2 of log(width / height) from the read class's
+  width: float = 0.5  # ... and of log(width / digit height), beyond `slack` (DIGIT_ASPECT)
+  slack: float = 1.0
+  digit: float = 0.0  # per digit: the string's length prior
+  cut: float = 1.5  # per cut through a component
+  narrow_cut: float = 16.0  # per digit height the cut component is narrower than `pair_width`
+  pair_width: float = 1.2
+  crossing: float = 2.0  # per stroke beyond the first that a cut crosses
+
+  def segment_penalties(self, candidates: Candidates) -> np.ndarray:
+    """(m,): minus the log-prior of each candidate digit."""
+    c = candidates
+
+    def unlike(z: np.ndarray) -> np.ndarray:  # a shape within `slack` standard deviations is not doubted
+      return 0.5 * np.maximum(0.0, z - self.slack) ** 2
+
+    return (self.wide * np.maximum(0.0, c.width - self.wide_from) ** 2
+            + self.low * np.maximum(0.0, self.low_from - c.tall) + self.merge * c.side_by_side
+            + self.aspect * unlike(c.aspect_z) + self.width * unlike(c.width_z) + self.digit)
+
+  def boundary_penalties(self, candidates: Candidates) -> np.ndarray:
+    """(n + 1,): minus the log-prior of a digit boundary before piece i (i = n: after the last)."""
+    c = candidates
+    narrowness = np.maximum(0.0, self.pair_width - c.cut_width)
+    return c.cut * (self.cut + self.narrow_cut * narrowness + self.crossing * np.maximum(0, c.crossings - 1))
+
+
+PRIORS = Priors()
 
 ProbabilitiesFn = Callable[[np.ndarray], np.ndarray]
 
@@ -88,14 +139,46 @@ class Pieces:
   owner: np.ndarray
   boxes: np.ndarray  # (n, 4): x0, y0, x1, y1 (exclusive) of each piece's binarised ink
   component: np.ndarray  # (n,): the connected component each piece was cut from
+  component_width: np.ndarray  # (n,): the width in pixels of that component
+  crossings: np.ndarray  # (n,): strokes crossed by the cut at the piece's left (0: not cut there)
   height: float
 
-  def cut_penalties(self) -> np.ndarray:
-    """(n + 1,): the log-prior of a digit boundary before piece i (i = n: after the last); a boundary
-    between two slices of one component is a cut through its ink."""
-    penalties = np.zeros(len(self.boxes) + 1)
-    penalties[1:-1] = np.where(self.component[1:] == self.component[:-1], -CUT_PENALTY, 0.0)
-    return penalties
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """Everything the path is chosen from, computed once per image: the pieces, the candidate digits
+  (`segments`, runs first..stop-1 of pieces), the network's `probabilities` of each, and what the priors
+  weigh. Sizes in digit heights; `*_z`: standard deviations from the read class's mean (DIGIT_ASPECT)."""
+
+  pieces: Pieces
+  segments: np.ndarray  # (m, 2): first, stop
+  probabilities: np.ndarray  # (m, 10)
+  boxes: np.ndarray  # (m, 4): x0, y0, x1, y1 of each segment's binarised ink
+  width: np.ndarray  # (m,)
+  tall: np.ndarray  # (m,)
+  side_by_side: np.ndarray  # (m,): neighbouring components that barely share columns (see _side_by_side)
+  aspect_z: np.ndarray  # (m,): of log(width / height)
+  width_z: np.ndarray  # (m,): of log(width / digit height)
+  cut: np.ndarray  # (n + 1,): whether a boundary before piece i cuts through a component
+  cut_width: np.ndarray  # (n + 1,): that component's width
+  crossings: np.ndarray  # (n + 1,): strokes the cut crosses
+
+  def segment_scores(self, priors: Priors) -> np.ndarray:
+    """(m,): log-probability of the read digit plus the log-prior of the segment."""
+    return np.log(np.maximum(self.probabilities.max(axis=1), 1e-30)) - priors.segment_penalties(self)
+
+  def boundary_scores(self, priors: Priors) -> np.ndarray:
+    return -priors.boundary_penalties(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Path:
+  """The chosen segments (indices into `Candidates.segments`, left to right) and the weakest digit's
+  score: its probability times its priors (its segment's and the boundaries at its two ends; the length
+  prior aside), so that a confident fragment or merge is doubtful too."""
+
+  segments: tuple[int, ...]
+  weakest: float
 
 
 def predictor_probabilities(predictor: Callable[..., np.ndarray]) -> ProbabilitiesFn:
@@ -169,12 +252,13 @@ def candidate_cuts(column_ink: np.ndarray, height: float) -> list[int]:
 
 
 def cut_into_pieces(image: np.ndarray) -> Pieces:
-  """Steps 1-2: the flattened ink, and which piece each pixel belongs to."""
+  """Steps 1-2: the flattened ink, and which piece each pixel belongs to. Raises digit_image.ImageError
+  beyond MAX_PIECES pieces."""
   ink = flattened_ink(image)
   labels, slices = _components(binarise(ink))
   height = digit_height(slices)
   pieces = np.zeros(labels.shape, np.int32)  # 0: background; pieces numbered from 1 here
-  count, component = 0, [-1]
+  component, widths, crossings = [-1], [0], [0]
   for index, (rows, cols) in enumerate(slices):
     mine = labels[rows, cols] == index + 1
     if max(rows.stop - rows.start, cols.stop - cols.start) < SPECK * height:
@@ -186,17 +270,27 @@ def cut_into_pieces(image: np.ndarray) -> Pieces:
       part = np.zeros_like(mine)
       part[:, left:right] = mine[:, left:right]
       if part.any():
-        count += 1
         component.append(index)
-        pieces[rows, cols][part] = count
-  if count == 0:
+        widths.append(bounds[-1])
+        crossings.append(_strokes(mine[:, left]) if left > 0 else 0)
+        pieces[rows, cols][part] = len(component) - 1
+    if len(component) - 1 > MAX_PIECES:
+      raise digit_image.ImageError(f"too many pieces of ink (more than {MAX_PIECES}): not a line of digits")
+  if len(component) == 1:
     raise digit_image.ImageError("no ink found (only specks)")
-  return _ordered(ink, pieces, np.array(component), height)
+  return _ordered(ink, pieces, height, component=np.array(component), widths=np.array(widths),
+                  crossings=np.array(crossings))
 
 
-def _ordered(ink: np.ndarray, pieces: np.ndarray, component: np.ndarray, height: float) -> Pieces:
+def _strokes(column: np.ndarray) -> int:
+  """How many separate runs of ink a column holds."""
+  return int(np.count_nonzero(np.diff(column.astype(np.int8), prepend=0) == 1))
+
+
+def _ordered(ink: np.ndarray, pieces: np.ndarray, height: float, *, component: np.ndarray, widths: np.ndarray,
+             crossings: np.ndarray) -> Pieces:
   """Pieces renumbered by the column of their centre; every faint pixel within `HALO` of a piece is given
-  to the nearest one."""
+  to the nearest one. Per-piece arrays are indexed from 1 (0: the background)."""
   count = len(component) - 1
   centres = np.array([c for _, c in ndi.center_of_mass(pieces > 0, pieces, np.arange(1, count + 1))])
   rank = np.empty(count + 1, np.int32)
@@ -208,13 +302,13 @@ def _ordered(ink: np.ndarray, pieces: np.ndarray, component: np.ndarray, height:
   boxes = np.zeros((count, 4), np.int64)
   for index, (rows, cols) in enumerate(ndi.find_objects(rank[pieces] + 1)):
     boxes[index] = (cols.start, rows.start, cols.stop, rows.stop)
-  order = np.argsort(centres, kind="stable")
-  return Pieces(ink, owner, boxes, component[1 + order], height)
+  order = 1 + np.argsort(centres, kind="stable")
+  return Pieces(ink, owner, boxes, component[order], widths[order], crossings[order], height)
 
 
 def candidate_segments(pieces: Pieces) -> list[tuple[int, int]]:
   """Step 3: (first, stop) runs of consecutive pieces that may be one digit; every single piece is one,
-  so that some path always exists."""
+  so that some path always exists. Raises digit_image.ImageError beyond MAX_SEGMENTS."""
   segments = []
   count = len(pieces.boxes)
   for first in range(count):
@@ -223,6 +317,9 @@ def candidate_segments(pieces: Pieces) -> list[tuple[int, int]]:
       if stop > first + 1 and box[2] - box[0] > MAX_WIDTH * pieces.height:
         break
       segments.append((first, stop))
+    if len(segments) > MAX_SEGMENTS:
+      raise digit_image.ImageError(f"too many candidate digits (more than {MAX_SEGMENTS}): not a line of "
+                                   "digits")
   return segments
 
 
@@ -240,15 +337,6 @@ def segment_image(pieces: Pieces, first: int, stop: int) -> np.ndarray:
   return np.pad(crop, 2)
 
 
-def log_prior(pieces: Pieces, first: int, stop: int) -> float:
-  """Against implausible digits: wider than a digit, so low that it is only part of one, or made of
-  components side by side (the pieces of a broken digit overlap each other's columns)."""
-  x0, y0, x1, y1 = _union(pieces.boxes[first:stop])
-  width, tall = (x1 - x0) / pieces.height, (y1 - y0) / pieces.height
-  prior = -WIDE_PENALTY * max(0.0, width - WIDE_FROM) ** 2 - (SHORT_PENALTY if tall < SHORT else 0.0)
-  return prior - MERGE_PENALTY * _side_by_side(pieces, first, stop)
-
-
 def _side_by_side(pieces: Pieces, first: int, stop: int) -> int:
   """How many neighbouring components of pieces first..stop-1 overlap by less than half the narrower's
   columns."""
@@ -261,16 +349,43 @@ def _side_by_side(pieces: Pieces, first: int, stop: int) -> int:
   return count
 
 
-def best_path(segments: Sequence[tuple[int, int]], scores: np.ndarray, boundaries: np.ndarray) -> list[int]:
+def find_candidates(image: np.ndarray, probabilities_fn: ProbabilitiesFn) -> Candidates:
+  """Steps 1-4: the pieces, the candidate digits and the network's reading of them all in one call."""
+  pieces = cut_into_pieces(image)
+  segments = candidate_segments(pieces)
+  batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
+  probabilities = np.asarray(probabilities_fn(batch), np.float64)
+  return measured(pieces, np.array(segments, np.int64), probabilities)
+
+
+def measured(pieces: Pieces, segments: np.ndarray, probabilities: np.ndarray) -> Candidates:
+  """The candidates with the sizes and shapes the priors weigh."""
+  boxes = np.array([_union(pieces.boxes[first:stop]) for first, stop in segments], np.int64)
+  width = (boxes[:, 2] - boxes[:, 0]) / pieces.height
+  tall = (boxes[:, 3] - boxes[:, 1]) / pieces.height
+  mean, std = DIGIT_ASPECT[probabilities.argmax(axis=1)].T
+  side_by_side = np.array([_side_by_side(pieces, first, stop) for first, stop in segments], float)
+  cut = np.zeros(len(pieces.boxes) + 1, bool)
+  cut[1:-1] = pieces.component[1:] == pieces.component[:-1]
+  cut_width, crossings = np.zeros(len(cut)), np.zeros(len(cut))
+  cut_width[1:-1] = pieces.component_width[1:] / pieces.height
+  crossings[1:-1] = pieces.crossings[1:]
+  aspect_z, width_z = np.abs(np.log(width / tall) - mean) / std, np.abs(np.log(width) - mean) / std
+  return Candidates(pieces, segments, probabilities, boxes, width, tall, side_by_side, aspect_z, width_z,
+                    cut=cut, cut_width=cut_width, crossings=crossings)
+
+
+def best_path(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarray, boundaries: np.ndarray
+              ) -> list[int]:
   """Step 5: indices of the segments that cover the pieces once, in order, with the largest total of
   their scores and of `boundaries[i]`, the score of a boundary before piece i (dynamic programming)."""
   count = len(boundaries) - 1
   best = np.full(count + 1, -np.inf)
   best[0] = 0.0
   came_from = np.full(count + 1, -1)
-  ending = {}
+  ending: dict[int, list[int]] = {}
   for index, (_, stop) in enumerate(segments):
-    ending.setdefault(stop, []).append(index)
+    ending.setdefault(int(stop), []).append(index)
   for stop in range(1, count + 1):
     for index in ending.get(stop, []):
       total = best[segments[index][0]] + scores[index] + boundaries[stop]
@@ -279,36 +394,45 @@ def best_path(segments: Sequence[tuple[int, int]], scores: np.ndarray, boundarie
   path, stop = [], count
   while stop > 0:
     path.append(int(came_from[stop]))
-    stop = segments[path[-1]][0]
+    stop = int(segments[path[-1]][0])
   return path[::-1]
 
 
+def choose_path(candidates: Candidates, priors: Priors = PRIORS) -> Path:
+  """Step 5 under `priors`; cheap, so that priors can be fitted on candidates computed once."""
+  scores = candidates.segment_scores(priors)
+  boundaries = candidates.boundary_scores(priors)
+  chosen = best_path(candidates.segments, scores, boundaries)
+  first, stop = candidates.segments[chosen, 0], candidates.segments[chosen, 1]
+  # The length prior is a constant per digit, not evidence against any one of them.
+  digit_scores = scores[chosen] + priors.digit + boundaries[first] + boundaries[stop]
+  return Path(tuple(chosen), float(np.exp(min(0.0, digit_scores.min()))))
+
+
+def path_text(candidates: Candidates, path: Path) -> str:
+  return "".join(str(int(candidates.probabilities[i].argmax())) for i in path.segments)
+
+
 def read_number(image: np.ndarray, probabilities_fn: ProbabilitiesFn,
-                uncertain_below: float = UNCERTAIN_BELOW) -> NumberReading:
+                uncertain_below: float = UNCERTAIN_BELOW, priors: Priors = PRIORS) -> NumberReading:
   """The digits of `image` (any size, (H, W) or (H, W, 1|3|4), either polarity), left to right.
 
   `probabilities_fn`: uint8 (N, 28, 28, 1) images in MNIST form -> (N, 10) probabilities; called once.
-  Raises digit_image.ImageError when the image holds no ink."""
-  pieces = cut_into_pieces(image)
-  segments = candidate_segments(pieces)
-  batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
-  probabilities = np.asarray(probabilities_fn(batch), np.float64)
-  boxes = [_union(pieces.boxes[first:stop]) for first, stop in segments]
-  scores = np.log(np.maximum(probabilities.max(axis=1), 1e-30))
-  scores += np.array([log_prior(pieces, *s) for s in segments])
+  Raises digit_image.ImageError when the image holds no ink, or too many pieces to be a line of digits."""
+  candidates = find_candidates(image, probabilities_fn)
+  return reading_of(candidates, choose_path(candidates, priors), uncertain_below)
+
+
+def reading_of(candidates: Candidates, path: Path, uncertain_below: float = UNCERTAIN_BELOW) -> NumberReading:
   digits = []
-  for index in best_path(segments, scores, pieces.cut_penalties()):
-    x0, y0, x1, y1 = boxes[index]
-    digits.append(DigitReading(int(probabilities[index].argmax()),
-                               tuple(float(p) for p in probabilities[index]), (x0, y0, x1 - x0, y1 - y0)))
-  return _reading(digits, uncertain_below)
-
-
-def _reading(digits: Sequence[DigitReading], uncertain_below: float) -> NumberReading:
-  weakest = min(max(d.probabilities) for d in digits)
+  for index in path.segments:
+    x0, y0, x1, y1 = (int(v) for v in candidates.boxes[index])
+    probabilities = candidates.probabilities[index]
+    digits.append(DigitReading(int(probabilities.argmax()), tuple(float(p) for p in probabilities),
+                               (x0, y0, x1 - x0, y1 - y0)))
   return NumberReading(text="".join(str(d.digit) for d in digits),
                        confidence=float(np.prod([max(d.probabilities) for d in digits])),
-                       uncertain=bool(weakest < uncertain_below), digits=tuple(digits))
+                       uncertain=bool(path.weakest < uncertain_below), digits=tuple(digits))
 
 
 def read_files(probabilities_fn: ProbabilitiesFn, paths: Sequence[str]) -> list[dict]:
