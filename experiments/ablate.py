@@ -6,7 +6,9 @@ SWEEP names a module in experiments/sweeps/ (alexnet_paper, optimizers, capacity
 variant's overrides and `--config.seed=S`. Rerunning the same command skips finished runs and resumes
 interrupted ones from their checkpoints; SIGTERM or Ctrl-C stops the running trainings cleanly. Extra
 `--config.FIELD=VALUE` arguments apply to every run (a cheaper budget, say), before the variant's own
-overrides. At the end ROOT/SWEEP/ holds results.csv (one row per run), results.md and results.png.
+overrides. At the end ROOT/SWEEP/ holds results.csv (one row per run), results.md and results.png; a sweep
+that names a field in COST_CURVES also gets cost.png: validation accuracy against training arithmetic, one
+line per value of that field.
 """
 
 from __future__ import annotations
@@ -99,9 +101,13 @@ def write_results(sweep_dir: str, name: str, sweep: types.ModuleType, rows: list
   sweep_results.write_csv(os.path.join(sweep_dir, "results.csv"), rows)
   page = sweep_results.markdown(table, name, sweep.TARGET_TRAIN_ACCURACY, sweep.BASELINE,
                                 extra_overrides=extra, seeds=seeds)
+  sweep_results.plot(os.path.join(sweep_dir, "results.png"), rows, table, sweep.TARGET_TRAIN_ACCURACY)
+  if hasattr(sweep, "COST_CURVES"):  # a cost sweep: accuracy against training arithmetic, a line per value
+    curves = {variant: fields.get(sweep.COST_CURVES) for variant, fields in sweep.VARIANTS.items()}
+    sweep_results.plot_cost(os.path.join(sweep_dir, "cost.png"), rows, table, curves, sweep.COST_CURVES)
+    page += "![cost](cost.png)\n"
   with open(os.path.join(sweep_dir, "results.md"), "w") as f:
     f.write(page)
-  sweep_results.plot(os.path.join(sweep_dir, "results.png"), rows, table, sweep.TARGET_TRAIN_ACCURACY)
   return page
 
 

@@ -145,6 +145,7 @@ def summarize_run(workdir: str, target: float, target_metric: str = "train_accur
       "train_images_per_s": float(np.median(throughput)),
       "params": sum(r.params for r in rows),
       "mflops_per_image": sum(r.flops for r in rows) / 1e6,
+      "train_images": final["step"] * config.batch_size,
       "params_sha256": final["params_sha256"],
       "library_versions": final.get("library_versions"),  # absent in runs trained before it was recorded
       # With a moving average of the weights the plain figures are the average's; these the weights'.

@@ -1,5 +1,5 @@
 """A sweep's results: one row per run (results.csv), per-variant statistics against the baseline with
-Welch's t-test (results.md) and a plot (results.png)."""
+Welch's t-test (results.md) and plots (results.png; cost.png for a cost sweep)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from alexnet_jax.analysis import report_plots  # noqa: E402
 
 CSV_FIELDS = ("variant", "seed", "test_accuracy", "val_accuracy", "test_loss", "raw_test_accuracy",
               "raw_val_accuracy", "steps", "train_time_s", "steps_to_target", "time_to_target_s",
-              "train_images_per_s", "params", "mflops_per_image", "params_sha256", "overrides", "workdir")
+              "train_images_per_s", "params", "mflops_per_image", "train_images", "params_sha256",
+              "overrides", "workdir")
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
@@ -64,6 +65,7 @@ def variant_statistics(rows: list[dict[str, Any]], baseline: str) -> list[dict[s
         "train_time_mean": _values(runs, "train_time_s").mean(),
         "images_per_s_mean": _values(runs, "train_images_per_s").mean(),
         "params": runs[0]["params"], "mflops_per_image": runs[0]["mflops_per_image"],
+        "train_pflop": training_pflop(runs[0]),
     }
     raw_val = _values(runs, "raw_val_accuracy")  # runs with a moving average: their raw weights' figures
     if len(raw_val):
@@ -76,6 +78,14 @@ def variant_statistics(rows: list[dict[str, Any]], baseline: str) -> list[dict[s
       entry["p_value_val"] = welch_p_value(val, base_val)
     table.append(entry)
   return table
+
+
+def training_pflop(row: dict[str, Any]) -> float:
+  """A run's training arithmetic in PFLOP: forward and backward, taken as three forward passes (the usual
+  estimate: the backward pass computes two products per forward one), over every image trained; nan for
+  runs summarised before `train_images` was recorded."""
+  images = row.get("train_images")
+  return math.nan if images is None else 3 * row["mflops_per_image"] * 1e6 * images / 1e15
 
 
 def _pct(x: float) -> str:
@@ -97,8 +107,8 @@ def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseli
       f"training accuracy reached {100 * target:.0f}% (runs that reached it / runs). Choices are made on "
       f"validation: its own delta and p are in the second table.", "",
       "| variant | test acc | min | max | val acc | delta | p | steps to target | time to target (s) "
-      "| train time (s) | train img/s | params | MFLOPs |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| train time (s) | train img/s | params | MFLOPs | training PFLOP |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for e in table:
     delta = f"{100 * e['delta_test']:+.2f}" if "delta_test" in e else "(baseline)"
@@ -108,7 +118,8 @@ def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseli
         f"{_pct(e['test_max'])} | {_pct(e['val_mean'])} +- {_pct(e['val_std'])} | {delta} | {p} | "
         f"{_num(e['steps_to_target_mean'])} ({e['reached_target']}/{e['runs']}) | "
         f"{_num(e['time_to_target_mean'])} | {_num(e['train_time_mean'])} | "
-        f"{_num(e['images_per_s_mean'])} | {e['params']:,} | {e['mflops_per_image']:.1f} |")
+        f"{_num(e['images_per_s_mean'])} | {e['params']:,} | {e['mflops_per_image']:.1f} | "
+        f"{_num(e['train_pflop'], '.2f')} |")
   lines += ["", "On validation (what recipe choices are made on); raw: the same runs' weights without "
             "their moving average (where the run kept one):", "",
             "| variant | val acc | delta | p | raw-weights val acc | raw-weights test acc |",
@@ -140,4 +151,24 @@ def plot(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]], tar
   for ax in (acc_ax, steps_ax):
     ax.grid(alpha=0.3)
   acc_ax.invert_yaxis()
+  report_plots.save_figure(fig, path)
+
+
+def plot_cost(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]], curves: dict[str, Any],
+              curve_name: str) -> None:
+  """Validation accuracy against training arithmetic (log axis), one line per value of `curves` (variant
+  -> the value of `curve_name` it has, e.g. its width), in order of cost; dots: the seeds, bars: std."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for colour, value in enumerate(dict.fromkeys(curves.values())):
+    entries = sorted((e for e in table if curves.get(e["variant"]) == value), key=lambda e: e["train_pflop"])
+    ax.errorbar([e["train_pflop"] for e in entries], [100 * e["val_mean"] for e in entries],
+                yerr=[100 * np.nan_to_num(e["val_std"]) for e in entries], fmt="-o", capsize=3,
+                color=f"C{colour}", label=str(value))
+    for e in entries:
+      seeds = [100 * r["val_accuracy"] for r in rows if r["variant"] == e["variant"]]
+      ax.plot([e["train_pflop"]] * len(seeds), seeds, ".", color=f"C{colour}", alpha=0.4)
+  ax.set(xscale="log", xlabel="training arithmetic (PFLOP: 3 x forward FLOPs x images trained)",
+         ylabel="validation accuracy (%)", title="Accuracy against training cost")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(title=curve_name, fontsize=8)
   report_plots.save_figure(fig, path)
