@@ -9,6 +9,11 @@ per string: `wide` (4-8 px), `narrow` (1-3), `touching` (0) or `overlapping` (-1
 overlapping digits is their maximum). `--paper` renders every other group of strings as a photo of paper:
 dark ink on a light background with a lighting gradient, noise and JPEG compression (Pillow).
 
+With `--fit_verifier`, the run's number reader (alexnet_jax/inference/number_reader.py: the "one whole
+digit?" verifier of each candidate, and the priors and uncertainty threshold fitted with it) is fitted on
+the validation strings, stored in RUN/number_reader.json and used for the test strings; a run that has
+one stored is read with it (unless `--noverifier`).
+
 Reports whole-string and per-digit accuracy (1 - edit distance / length) per spacing class and rendering;
 the uncertainty threshold is picked on strings composed the same way from validation digits (the lowest
 weakest-digit probability at which the unflagged validation strings are right `--target` of the time),
@@ -22,6 +27,7 @@ import dataclasses
 import io
 import json
 import os
+import time
 
 import numpy as np
 from absl import app, flags
@@ -29,7 +35,7 @@ from PIL import Image
 
 from alexnet_jax import cli
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.inference import predict, read_number, trained_run
+from alexnet_jax.inference import number_reader, predict, read_number, trained_run
 
 FLAGS = flags.FLAGS
 SPACINGS = {"wide": (4, 8), "narrow": (1, 3), "touching": (0, 0), "overlapping": (-3, -1)}
@@ -125,18 +131,21 @@ def find_strings(images: np.ndarray, labels: np.ndarray, probabilities_fn: read_
   for index in range(count):
     spacing, rendering = kind_of(index, paper)
     rng = np.random.default_rng([seed, index, *stream])
-    image, truth, _ = make_string(images, labels, rng, spacing, rendering, lengths=lengths)
+    image, truth, boxes = make_string(images, labels, rng, spacing, rendering, lengths=lengths)
     strings.append({"index": index, "spacing": spacing, "rendering": rendering, "truth": truth,
-                    "image": image, "candidates": read_number.find_candidates(image, probabilities_fn)})
+                    "image": image, "true_boxes": boxes,
+                    "candidates": read_number.find_candidates(image, probabilities_fn)})
   return strings
 
 
-def read_strings(strings: list[dict], priors: read_number.Priors = read_number.PRIORS) -> list[dict]:
-  """Each string's reading under `priors`: one record each (the image kept for drawing)."""
+def read_strings(strings: list[dict], priors: read_number.Priors = read_number.PRIORS,
+                 verifier: read_number.Verifier | None = None) -> list[dict]:
+  """Each string's reading under `priors` (and `verifier`): one record each (the image kept for
+  drawing)."""
   records = []
   for string in strings:
     candidates = string["candidates"]
-    path = read_number.choose_path(candidates, priors)
+    path = read_number.choose_path(candidates, priors, verifier)
     reading = read_number.reading_of(candidates, path)
     truth = string["truth"]
     records.append({key: string[key] for key in ("index", "spacing", "rendering", "truth", "image")} | {
@@ -156,32 +165,59 @@ PRIOR_GRID = {"wide": (0, 2, 5, 10, 20, 40), "wide_from": (0.9, 1.0, 1.1, 1.2, 1
               "crossing": (0, 0.25, 0.5, 1, 2)}
 
 
-def fit_objective(strings: list[dict], priors: read_number.Priors) -> tuple[int, int]:
+def fit_objective(strings: list[dict], priors: read_number.Priors,
+                  verifier: read_number.Verifier | None = None) -> tuple[int, int]:
   """Strings read right, then fewer edits: what the priors are fitted to maximise."""
   right = edits = 0
   for string in strings:
-    text = read_number.path_text(string["candidates"], read_number.choose_path(string["candidates"], priors))
+    candidates = string["candidates"]
+    text = read_number.path_text(candidates, read_number.choose_path(candidates, priors, verifier))
     right += text == string["truth"]
     edits += edit_distance(text, string["truth"])
   return right, -edits
 
 
 def fit_priors(strings: list[dict], priors: read_number.Priors = read_number.PRIORS,
-               grid: dict[str, tuple[float, ...]] | None = None, rounds: int = 4) -> read_number.Priors:
+               grid: dict[str, tuple[float, ...]] | None = None, rounds: int = 4,
+               verifier: read_number.Verifier | None = None) -> read_number.Priors:
   """Coordinate descent over `grid` (default PRIOR_GRID) from `priors`: each prior in turn set to its best
-  value with the others fixed, until a round changes nothing. The network is not run again."""
-  best = fit_objective(strings, priors)
+  value with the others fixed (on top of `verifier`), until a round changes nothing. The network is not
+  run again."""
+  best = fit_objective(strings, priors, verifier)
   for _ in range(rounds):
     start = priors
     for name, values in (grid or PRIOR_GRID).items():
       for value in values:
         candidate = dataclasses.replace(priors, **{name: float(value)})
-        score = fit_objective(strings, candidate)
+        score = fit_objective(strings, candidate, verifier)
         if score > best:
           best, priors = score, candidate
     if priors == start:
       break
   return priors
+
+
+HELD_OUT_EVERY = 4  # every 4th validation string is held out to choose the verifier's regularisation
+
+
+def fit_reader(strings: list[dict], target: float = 0.95, priors: read_number.Priors = read_number.PRIORS
+               ) -> tuple[number_reader.NumberReader, dict]:
+  """The number reader of validation `strings` (found with features): the verifier fitted on their
+  candidates' labels (`number_reader.whole_labels`), then the priors on top of it from `priors`
+  (`fit_priors`), then the uncertainty threshold (`pick_threshold` at `target`). Also returns what the
+  fit reports (held-out figures, seconds)."""
+  start = time.perf_counter()
+  x = np.concatenate([number_reader.inputs(s["candidates"]) for s in strings])
+  y = np.concatenate([number_reader.whole_labels(s["candidates"], s["true_boxes"]) for s in strings])
+  held_out = np.concatenate([np.full(len(s["candidates"].segments), i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
+                             for i, s in enumerate(strings)])
+  reader, report = number_reader.fit_verifier(x, y, held_out)
+  report["verifier_seconds"] = time.perf_counter() - start
+  fitted = fit_priors(strings, priors, verifier=reader)
+  reader = dataclasses.replace(reader, priors=fitted)
+  threshold = pick_threshold(read_strings(strings, fitted, reader), target)
+  report.update(strings=len(strings), seconds=time.perf_counter() - start, target=target)
+  return dataclasses.replace(reader, uncertain_below=threshold), report
 
 
 def aspect_table(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -277,6 +313,10 @@ def define_flags() -> None:
   flags.DEFINE_float("target", 0.95, "Accuracy of the unflagged validation strings the threshold aims at.")
   flags.DEFINE_bool("fit_priors", False, "Fit read_number's priors on the validation strings (printed), and "
                     "read the test strings with them instead of read_number.PRIORS.")
+  flags.DEFINE_bool("fit_verifier", False, "Fit the run's number reader (a verifier of whole digits, the "
+                    "priors on top of it and the uncertainty threshold) on the validation strings, store it "
+                    "in WORKDIR/number_reader.json and read the test strings with it.")
+  flags.DEFINE_bool("verifier", True, "Read with the run's stored number reader where it has one.")
   flags.DEFINE_bool("aspect_table", False, "Print read_number.DIGIT_ASPECT measured on the training split, "
                     "and stop.")
   flags.DEFINE_string("out", "", "Folder for results.json and worst.png (default WORKDIR/number_strings).")
@@ -294,24 +334,37 @@ def main(argv: list[str]) -> None:
     print(f"DIGIT_ASPECT over {len(labels):,} training digits: {table}")
     return
   predictor = predict.load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
-  probabilities_fn = read_number.predictor_probabilities(predictor)
+  reader = None
+  if FLAGS.verifier and not FLAGS.fit_verifier:
+    reader = number_reader.load(FLAGS.workdir, predictor.weights, predictor.checkpoint_step)
+  features = FLAGS.fit_verifier or reader is not None
+  probabilities_fn = read_number.predictor_probabilities(predictor, features=features)
   lengths = (FLAGS.min_length, FLAGS.max_length)
   settings = dict(count=FLAGS.count, seed=FLAGS.seed, paper=FLAGS.paper, lengths=lengths)
   validation_strings = find_strings(*split_arrays(splits["validation"]), probabilities_fn,
                                     stream=(VALIDATION_STREAM,), **settings)
-  priors = read_number.PRIORS
-  if FLAGS.fit_priors:
-    priors = fit_priors(validation_strings)
+  priors = read_number.PRIORS if reader is None else reader.priors
+  if FLAGS.fit_verifier:
+    reader, report = fit_reader(validation_strings, FLAGS.target)
+    path = number_reader.store(FLAGS.workdir, predictor.weights, predictor.checkpoint_step, reader, report)
+    priors = reader.priors
+    print(f"number reader fitted on {len(validation_strings)} validation strings in "
+          f"{report['seconds']:.0f} s "
+          f"(verifier {report['verifier_seconds']:.0f} s, l2 {report['l2']:g}), stored in {path}: {priors}, "
+          f"threshold {reader.uncertain_below:.4f}")
+  elif FLAGS.fit_priors:
+    priors = fit_priors(validation_strings, priors, verifier=reader)
     print(f"fitted on {len(validation_strings)} validation strings: {priors}")
-  threshold = pick_threshold(read_strings(validation_strings, priors), FLAGS.target)
-  test = read_strings(find_strings(*split_arrays(splits["test"]), probabilities_fn, **settings), priors)
+  threshold = pick_threshold(read_strings(validation_strings, priors, reader), FLAGS.target)
+  test = read_strings(find_strings(*split_arrays(splits["test"]), probabilities_fn, **settings), priors,
+                      reader)
   result = summary(test, threshold)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "number_strings")
   os.makedirs(out, exist_ok=True)
   draw_worst(test, os.path.join(out, "worst.png"))
   result.update(workdir=FLAGS.workdir, checkpoint_step=predictor.checkpoint_step, count=FLAGS.count,
                 seed=FLAGS.seed, lengths=list(lengths), paper=FLAGS.paper, target=FLAGS.target,
-                priors=dataclasses.asdict(priors))
+                priors=dataclasses.asdict(priors), verifier=reader is not None)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)

@@ -19,13 +19,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from alexnet_jax import cli
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.inference import digit_image, read_number, trained_run
+from alexnet_jax.inference import digit_image, number_reader, read_number, trained_run
 from alexnet_jax.training import checkpointing
 
 TOP_K = 3
@@ -42,24 +43,61 @@ class Predictor:
 
   def __init__(self, run: trained_run.TrainedRun, batch_size: int = 256):
     self.checkpoint_step = run.step
+    self.weights = run.weights
+    self.workdir = run.workdir
     self.calibrated = run.temperature is not None
     self.batch_size = batch_size
     self._probabilities = run.probabilities_fn()
+    self._run = run
+    self._with_features = None  # compiled on first use: most callers never ask for features
 
   def __call__(self, images: Sequence[np.ndarray] | np.ndarray, preprocessed: bool = False
                ) -> np.ndarray:
     """`images`: a sequence of arrays of any size (or one stacked array); `preprocessed=True` for
     images already in MNIST form (uint8 28x28, light ink on black)."""
+    outputs = [np.asarray(self._probabilities(chunk))[:count]
+               for chunk, count in self._chunks(images, preprocessed)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 10), np.float32)
+
+  def probabilities_and_features(self, images: Sequence[np.ndarray] | np.ndarray, preprocessed: bool = False
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, 10), as calling the predictor gives, and the penultimate layer's activations
+    (N, width) that the last layer classifies, from one forward pass (one view: no test-time
+    augmentation)."""
+    if self._with_features is None:
+      self._with_features = _probabilities_and_features_fn(self._run)
+    probabilities, features = [], []
+    for chunk, count in self._chunks(images, preprocessed):
+      p, f = jax.device_get(self._with_features(chunk))
+      probabilities.append(np.asarray(p)[:count])
+      features.append(np.asarray(f)[:count])
+    if not probabilities:
+      return np.zeros((0, 10), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(probabilities), np.concatenate(features)
+
+  def _chunks(self, images: Sequence[np.ndarray] | np.ndarray, preprocessed: bool):
+    """(padded uint8 batch, real count) pairs of at most `batch_size` images."""
     side = digit_image.MNIST_SIZE
     batch = np.stack([np.asarray(x, np.uint8).reshape(side, side, 1) if preprocessed
                       else digit_image.preprocess(x) for x in images])
-    outputs = []
     for start in range(0, len(batch), self.batch_size):
       chunk = batch[start:start + self.batch_size]
       padded = np.zeros((_padded_size(len(chunk), self.batch_size), *chunk.shape[1:]), np.uint8)
       padded[:len(chunk)] = chunk
-      outputs.append(np.asarray(self._probabilities(jnp.asarray(padded)))[:len(chunk)])
-    return np.concatenate(outputs) if outputs else np.zeros((0, 10), np.float32)
+      yield jnp.asarray(padded), len(chunk)
+
+
+def _probabilities_and_features_fn(run: trained_run.TrainedRun):
+  """A jitted function: uint8 images (N, 28, 28, 1) -> (calibrated probabilities, penultimate features)."""
+  temperature = run.temperature if run.temperature is not None else 1.0
+
+  @jax.jit
+  def apply(variables, images):
+    logits, state = run.model.apply(variables, input_pipeline.normalize(images), train=False,
+                                    mutable=["intermediates"])
+    return jax.nn.softmax(logits / temperature), state["intermediates"]["features"][0]
+
+  return lambda images: apply(run.variables, images)
 
 
 def load_predictor(workdir: str, checkpoint: str = "best", weights: str = "auto") -> Predictor:
@@ -124,7 +162,8 @@ def main(argv: list[str]) -> None:
   except (checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
   if FLAGS.number:
-    records = read_number.read_files(read_number.predictor_probabilities(predictor), paths)
+    probabilities_fn, options = number_reader.for_predictor(predictor)  # the run's verifier, if fitted
+    records = read_number.read_files(probabilities_fn, paths, **options)
     text_line = read_number.text_line
   else:
     records, text_line = predict_files(predictor, paths), _text_line

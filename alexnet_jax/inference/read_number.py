@@ -22,6 +22,10 @@ network believes most. Steps:
    shape, and of the cuts at its ends), by dynamic programming over the pieces (`choose_path`). Steps 1-4
    (`find_candidates`) do not depend on the prior, so that its weights (`Priors`) can be fitted on
    validation strings without running the network again.
+
+With a `verifier` (number_reader.py: a per-run classifier of the network's penultimate features and the
+candidate's shape, fitted on validation strings), each candidate also scores log P(one whole digit), so
+that a confident reading of a fragment or of two merged digits no longer wins the path.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -100,7 +105,15 @@ class Priors:
 
 PRIORS = Priors()
 
-ProbabilitiesFn = Callable[[np.ndarray], np.ndarray]
+# Images in MNIST form -> probabilities (N, 10), or (probabilities, penultimate features (N, width)).
+ProbabilitiesFn = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]]
+
+
+class Verifier(Protocol):
+  """Scores how likely each candidate is to be exactly one whole digit (number_reader.NumberReader)."""
+
+  def log_whole(self, candidates: Candidates) -> np.ndarray:
+    """(m,): log P(candidate is one whole digit)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,10 +175,13 @@ class Candidates:
   cut: np.ndarray  # (n + 1,): whether a boundary before piece i cuts through a component
   cut_width: np.ndarray  # (n + 1,): that component's width
   crossings: np.ndarray  # (n + 1,): strokes the cut crosses
+  features: np.ndarray | None = None  # (m, width): the network's penultimate layer, where asked for
 
-  def segment_scores(self, priors: Priors) -> np.ndarray:
-    """(m,): log-probability of the read digit plus the log-prior of the segment."""
-    return np.log(np.maximum(self.probabilities.max(axis=1), 1e-30)) - priors.segment_penalties(self)
+  def segment_scores(self, priors: Priors, verifier: Verifier | None = None) -> np.ndarray:
+    """(m,): log-probability of the read digit plus the log-prior of the segment (and the verifier's
+    log-probability that it is one whole digit)."""
+    scores = np.log(np.maximum(self.probabilities.max(axis=1), 1e-30)) - priors.segment_penalties(self)
+    return scores if verifier is None else scores + verifier.log_whole(self)
 
   def boundary_scores(self, priors: Priors) -> np.ndarray:
     return -priors.boundary_penalties(self)
@@ -181,8 +197,11 @@ class Path:
   weakest: float
 
 
-def predictor_probabilities(predictor: Callable[..., np.ndarray]) -> ProbabilitiesFn:
-  """A `predict.Predictor` as the function `read_number` takes (images already in MNIST form)."""
+def predictor_probabilities(predictor: Callable[..., np.ndarray], features: bool = False) -> ProbabilitiesFn:
+  """A `predict.Predictor` as the function `read_number` takes (images already in MNIST form); with
+  `features`, it returns the penultimate features too (what a verifier reads), from the same pass."""
+  if features:
+    return lambda images: predictor.probabilities_and_features(images, preprocessed=True)
   return lambda images: predictor(images, preprocessed=True)
 
 
@@ -354,8 +373,12 @@ def find_candidates(image: np.ndarray, probabilities_fn: ProbabilitiesFn) -> Can
   pieces = cut_into_pieces(image)
   segments = candidate_segments(pieces)
   batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
-  probabilities = np.asarray(probabilities_fn(batch), np.float64)
-  return measured(pieces, np.array(segments, np.int64), probabilities)
+  output = probabilities_fn(batch)
+  probabilities, features = output if isinstance(output, tuple) else (output, None)
+  candidates = measured(pieces, np.array(segments, np.int64), np.asarray(probabilities, np.float64))
+  if features is None:
+    return candidates
+  return dataclasses.replace(candidates, features=np.asarray(features, np.float32))
 
 
 def measured(pieces: Pieces, segments: np.ndarray, probabilities: np.ndarray) -> Candidates:
@@ -398,9 +421,10 @@ def best_path(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarr
   return path[::-1]
 
 
-def choose_path(candidates: Candidates, priors: Priors = PRIORS) -> Path:
-  """Step 5 under `priors`; cheap, so that priors can be fitted on candidates computed once."""
-  scores = candidates.segment_scores(priors)
+def choose_path(candidates: Candidates, priors: Priors = PRIORS, verifier: Verifier | None = None) -> Path:
+  """Step 5 under `priors` (and `verifier`); cheap, so that priors can be fitted on candidates computed
+  once."""
+  scores = candidates.segment_scores(priors, verifier)
   boundaries = candidates.boundary_scores(priors)
   chosen = best_path(candidates.segments, scores, boundaries)
   first, stop = candidates.segments[chosen, 0], candidates.segments[chosen, 1]
@@ -414,13 +438,15 @@ def path_text(candidates: Candidates, path: Path) -> str:
 
 
 def read_number(image: np.ndarray, probabilities_fn: ProbabilitiesFn,
-                uncertain_below: float = UNCERTAIN_BELOW, priors: Priors = PRIORS) -> NumberReading:
+                uncertain_below: float = UNCERTAIN_BELOW, priors: Priors = PRIORS,
+                verifier: Verifier | None = None) -> NumberReading:
   """The digits of `image` (any size, (H, W) or (H, W, 1|3|4), either polarity), left to right.
 
-  `probabilities_fn`: uint8 (N, 28, 28, 1) images in MNIST form -> (N, 10) probabilities; called once.
-  Raises digit_image.ImageError when the image holds no ink, or too many pieces to be a line of digits."""
+  `probabilities_fn`: uint8 (N, 28, 28, 1) images in MNIST form -> (N, 10) probabilities (and, for a
+  `verifier`, the penultimate features); called once. Raises digit_image.ImageError when the image holds
+  no ink, or too many pieces to be a line of digits."""
   candidates = find_candidates(image, probabilities_fn)
-  return reading_of(candidates, choose_path(candidates, priors), uncertain_below)
+  return reading_of(candidates, choose_path(candidates, priors, verifier), uncertain_below)
 
 
 def reading_of(candidates: Candidates, path: Path, uncertain_below: float = UNCERTAIN_BELOW) -> NumberReading:
@@ -435,13 +461,14 @@ def reading_of(candidates: Candidates, path: Path, uncertain_below: float = UNCE
                        uncertain=bool(path.weakest < uncertain_below), digits=tuple(digits))
 
 
-def read_files(probabilities_fn: ProbabilitiesFn, paths: Sequence[str]) -> list[dict]:
+def read_files(probabilities_fn: ProbabilitiesFn, paths: Sequence[str], **options) -> list[dict]:
   """One record per path, in order: {"file", **reading}, or {"file", "error"}; one bad file never stops
-  the others."""
+  the others. `options`: read_number's (uncertain_below, priors, verifier)."""
   records = []
   for path in paths:
     try:
-      records.append({"file": path, **read_number(digit_image.read_image(path), probabilities_fn).to_dict()})
+      reading = read_number(digit_image.read_image(path), probabilities_fn, **options)
+      records.append({"file": path, **reading.to_dict()})
     except digit_image.ImageError as e:
       message = str(e) if str(e).startswith(path) else f"{path}: {e}"
       records.append({"file": path, "error": message})

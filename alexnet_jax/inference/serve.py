@@ -33,7 +33,7 @@ from absl import app, flags
 from PIL import Image
 
 from alexnet_jax import cli
-from alexnet_jax.inference import digit_image, predict, read_number
+from alexnet_jax.inference import digit_image, number_reader, predict, read_number
 from alexnet_jax.training import checkpointing
 
 try:
@@ -140,6 +140,8 @@ class PredictionService:
   def __init__(self, predictor: predict.Predictor):
     self.predictor = predictor
     self._lock = threading.Lock()
+    # The run's number reader (verifier, priors, threshold) where one is stored; else the priors alone.
+    self._network, self._read_options = number_reader.for_predictor(predictor)
 
   @staticmethod
   def _decode(data: bytes, name: str) -> np.ndarray:
@@ -164,13 +166,12 @@ class PredictionService:
     """The image read as a string of digits; boxes in its own pixels. Raises digit_image.ImageError as
     `predict_bytes` does (a blank image: "no ink")."""
     grey = self._decode(data, name)  # at most WORK_SIDE a side: the boxes are scaled back below
-    network = read_number.predictor_probabilities(self.predictor)
 
-    def probabilities(images: np.ndarray) -> np.ndarray:  # the network, one request at a time
+    def probabilities(images: np.ndarray):  # the network, one request at a time
       with self._lock:
-        return network(images)
+        return self._network(images)
 
-    reading = read_number.read_number(grey, probabilities).to_dict()
+    reading = read_number.read_number(grey, probabilities, **self._read_options).to_dict()
     size = original_size(data, grey.shape[:2])
     if size != grey.shape[:2]:
       # The decoded side is ceil(side / factor), factor a whole number up to MAX_SIDE / (WORK_SIDE / 2): the
