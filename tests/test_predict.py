@@ -172,3 +172,16 @@ def test_uncalibrated_probabilities_are_said_in_one_visible_line(smoke_run, mnis
   lines = result.stderr.strip().splitlines()
   assert len([line for line in lines if "probabilities uncalibrated" in line]) == 1, result.stderr
   assert not [line for line in lines if line.startswith("I")], result.stderr  # no INFO lines
+
+
+def test_probabilities_and_features_come_from_one_pass_as_the_call_s(synthetic_run):
+  """The verifier's inputs (number_reader.py): the same probabilities as calling the predictor, and the
+  penultimate layer, one row per image, from one forward pass."""
+  workdir, _ = synthetic_run
+  predictor = predict.load_predictor(str(workdir), "latest")
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+  probabilities, features = predictor.probabilities_and_features(images, preprocessed=True)
+  np.testing.assert_allclose(probabilities, predictor(images, preprocessed=True), rtol=1e-5, atol=1e-6)
+  assert features.shape[0] == 3 and features.shape[1] > 10 and np.all(features >= 0)  # after a ReLU
+  assert not np.allclose(features[0], features[1])

@@ -24,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from alexnet_jax.inference import digit_image, predict, read_number, serve
+from alexnet_jax.inference import digit_image, number_reader, predict, read_number, serve
 from experiments import drawn_digits, number_strings, varied_digits
 from tests.conftest import REPO_ROOT, free_port
 
@@ -625,3 +625,20 @@ def test_a_server_of_uncalibrated_probabilities_says_so_in_its_first_line(synthe
   banner = next(line for line in output.splitlines() if line.startswith("serving "))
   assert "UNCALIBRATED (no temperature stored) probabilities" in banner, output
   assert len([line for line in output.splitlines() if "probabilities uncalibrated" in line]) == 1, output
+
+
+def test_the_read_api_uses_the_run_s_number_reader(predictor, monkeypatch):
+  """A stored reader (number_reader.py) is loaded with the service and weighs in every reading with its
+  own threshold: a verifier sure of every candidate, with threshold 0, flags nothing; one that doubts
+  every candidate (P(whole) e^-10) flags the same image at threshold 0.001."""
+  canvas = np.zeros((60, 120), np.uint8)
+  canvas[12:48, 20:26] = 255
+  canvas[12:48, 80:86] = 255
+  features = predictor.probabilities_and_features(np.zeros((1, 28, 28, 1), np.uint8), preprocessed=True)[1]
+  size = features.shape[1] + len(number_reader.GEOMETRY)
+  for bias, threshold, uncertain in ((30.0, 0.0, False), (-10.0, 1e-3, True)):
+    reader = number_reader.NumberReader(np.zeros(size), np.ones(size), np.zeros(size), bias,
+                                        uncertain_below=threshold)
+    monkeypatch.setattr(number_reader, "load", lambda *_, reader=reader: reader)
+    client = TestClient(serve.create_app(serve.PredictionService(predictor)))
+    assert _read(client, _png(canvas)).json()["uncertain"] is uncertain

@@ -33,7 +33,7 @@ from alexnet_jax.training import metric_logging
 READER_FILE = "number_reader.json"
 WHOLE_IOU = 0.75  # a candidate is one whole digit when its box overlaps one true digit's this much
 BOX_SLACK = 1  # px: the binarised ink's box is about this much inside the box of all non-zero pixels
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # per-example weight of 0.5 * |w|^2, chosen on held-out strings
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # per-example weight of 0.5 * |w|^2, chosen on held-out strings
 MAX_ITERATIONS = 300
 # The candidate's shape beside its features (sizes in digit heights): what the priors weigh, and more.
 GEOMETRY = ("width", "tall", "log_aspect", "side_by_side", "aspect_z", "width_z", "pieces", "components",
