@@ -65,7 +65,7 @@ def variant_statistics(rows: list[dict[str, Any]], baseline: str) -> list[dict[s
         "train_time_mean": _values(runs, "train_time_s").mean(),
         "images_per_s_mean": _values(runs, "train_images_per_s").mean(),
         "params": runs[0]["params"], "mflops_per_image": runs[0]["mflops_per_image"],
-        "train_pflop": training_pflop(runs[0]),
+        "train_tflop": training_tflop(runs[0]),
     }
     raw_val = _values(runs, "raw_val_accuracy")  # runs with a moving average: their raw weights' figures
     if len(raw_val):
@@ -80,12 +80,12 @@ def variant_statistics(rows: list[dict[str, Any]], baseline: str) -> list[dict[s
   return table
 
 
-def training_pflop(row: dict[str, Any]) -> float:
-  """A run's training arithmetic in PFLOP: forward and backward, taken as three forward passes (the usual
+def training_tflop(row: dict[str, Any]) -> float:
+  """A run's training arithmetic in TFLOP: forward and backward, taken as three forward passes (the usual
   estimate: the backward pass computes two products per forward one), over every image trained; nan for
   runs summarised before `train_images` was recorded."""
   images = row.get("train_images")
-  return math.nan if images is None else 3 * row["mflops_per_image"] * 1e6 * images / 1e15
+  return math.nan if images is None else 3 * row["mflops_per_image"] * 1e6 * images / 1e12
 
 
 def _pct(x: float) -> str:
@@ -107,7 +107,7 @@ def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseli
       f"training accuracy reached {100 * target:.0f}% (runs that reached it / runs). Choices are made on "
       f"validation: its own delta and p are in the second table.", "",
       "| variant | test acc | min | max | val acc | delta | p | steps to target | time to target (s) "
-      "| train time (s) | train img/s | params | MFLOPs | training PFLOP |",
+      "| train time (s) | train img/s | params | MFLOPs | training TFLOP |",
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for e in table:
@@ -119,7 +119,7 @@ def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseli
         f"{_num(e['steps_to_target_mean'])} ({e['reached_target']}/{e['runs']}) | "
         f"{_num(e['time_to_target_mean'])} | {_num(e['train_time_mean'])} | "
         f"{_num(e['images_per_s_mean'])} | {e['params']:,} | {e['mflops_per_image']:.1f} | "
-        f"{_num(e['train_pflop'], '.2f')} |")
+        f"{_num(e['train_tflop'])} |")
   lines += ["", "On validation (what recipe choices are made on); raw: the same runs' weights without "
             "their moving average (where the run kept one):", "",
             "| variant | val acc | delta | p | raw-weights val acc | raw-weights test acc |",
@@ -160,14 +160,14 @@ def plot_cost(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]]
   -> the value of `curve_name` it has, e.g. its width), in order of cost; dots: the seeds, bars: std."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for colour, value in enumerate(dict.fromkeys(curves.values())):
-    entries = sorted((e for e in table if curves.get(e["variant"]) == value), key=lambda e: e["train_pflop"])
-    ax.errorbar([e["train_pflop"] for e in entries], [100 * e["val_mean"] for e in entries],
+    entries = sorted((e for e in table if curves.get(e["variant"]) == value), key=lambda e: e["train_tflop"])
+    ax.errorbar([e["train_tflop"] for e in entries], [100 * e["val_mean"] for e in entries],
                 yerr=[100 * np.nan_to_num(e["val_std"]) for e in entries], fmt="-o", capsize=3,
                 color=f"C{colour}", label=str(value))
     for e in entries:
       seeds = [100 * r["val_accuracy"] for r in rows if r["variant"] == e["variant"]]
-      ax.plot([e["train_pflop"]] * len(seeds), seeds, ".", color=f"C{colour}", alpha=0.4)
-  ax.set(xscale="log", xlabel="training arithmetic (PFLOP: 3 x forward FLOPs x images trained)",
+      ax.plot([e["train_tflop"]] * len(seeds), seeds, ".", color=f"C{colour}", alpha=0.4)
+  ax.set(xscale="log", xlabel="training arithmetic (TFLOP: 3 x forward FLOPs x images trained)",
          ylabel="validation accuracy (%)", title="Accuracy against training cost")
   ax.grid(alpha=0.3, which="both")
   ax.legend(title=curve_name, fontsize=8)

@@ -66,8 +66,8 @@ def test_training_arithmetic_and_the_cost_plot(tmp_path):
           {**_row("wide", 0, 0.99), "train_images": 1_000_000, "mflops_per_image": 250.0},
           {**_row("narrow_short", 0, 0.98), "train_images": 1_000_000, "mflops_per_image": 20.0}]
   table = sweep_results.variant_statistics(rows, "wide")
-  assert [e["train_pflop"] for e in table] == pytest.approx([0.12, 0.75, 0.06])
-  assert math.isnan(sweep_results.training_pflop(_row("old", 0, 0.9)))  # summarised before it was recorded
+  assert [e["train_tflop"] for e in table] == pytest.approx([120, 750, 60])
+  assert math.isnan(sweep_results.training_tflop(_row("old", 0, 0.9)))  # summarised before it was recorded
   curves = {"narrow_long": 0.25, "narrow_short": 0.25, "wide": 1.0}
   sweep_results.plot_cost(str(tmp_path / "cost.png"), rows, table, curves, "model.width_multiplier")
   assert (tmp_path / "cost.png").stat().st_size > 0
