@@ -120,7 +120,10 @@ class NumberReader:
 
   def log_whole(self, candidates: read_number.Candidates) -> np.ndarray:
     """(m,): log P(each candidate is one whole digit)."""
-    x = inputs(candidates)
+    return self.log_whole_of(inputs(candidates))
+
+  def log_whole_of(self, x: np.ndarray) -> np.ndarray:
+    """(m,): log P(whole) of inputs already assembled (`inputs`)."""
     if x.shape[1] != len(self.weights):
       raise ValueError(f"the verifier reads {len(self.weights)} inputs, the candidates have {x.shape[1]}: "
                        "fitted for another network?")
@@ -144,25 +147,31 @@ class NumberReader:
                float(entry["uncertain_below"]))
 
 
-def fit_verifier(x: np.ndarray, y: np.ndarray, held_out: np.ndarray) -> tuple[NumberReader, dict[str, Any]]:
-  """The verifier of candidates `x` (inputs), labelled `y`: the L2 weight of L2_GRID with the smallest
-  log-loss on the `held_out` rows (whole strings held out), then refitted on every row. Also returns the
-  held-out figures of each weight."""
-  report: dict[str, Any] = {"candidates": len(y), "whole": int(y.sum()), "held_out": int(held_out.sum())}
-  mean, scale = _standardisation(x[~held_out])
-  train, test = (x[~held_out] - mean) / scale, (x[held_out] - mean) / scale
-  losses = {}
-  for l2 in L2_GRID:
-    weights, bias = fit_logistic(train, y[~held_out], l2)
-    p = _sigmoid(test @ weights + bias)
-    losses[l2] = log_loss(p, y[held_out])
-    accuracy = float(np.mean((p > 0.5) == y[held_out]))
-    report[f"held_out_l2_{l2:g}"] = {"log_loss": losses[l2], "accuracy": accuracy}
-  best = min(losses, key=losses.get)
+def fit_verifier(x: np.ndarray, y: np.ndarray, l2: float) -> NumberReader:
+  """The verifier of candidates `x` (inputs) labelled `y` (whole or not), inputs standardised on them."""
   mean, scale = _standardisation(x)
-  weights, bias = fit_logistic((x - mean) / scale, y, best)
-  report["l2"] = best
-  return NumberReader(mean, scale, weights, bias), report
+  weights, bias = fit_logistic((x - mean) / scale, y, l2)
+  return NumberReader(mean, scale, weights, bias)
+
+
+def held_out_figures(reader: NumberReader, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+  """Log-loss and accuracy (at P = 0.5) of the verifier on candidates it was not fitted on."""
+  p = np.exp(reader.log_whole_of(x))
+  return {"log_loss": log_loss(p, y), "accuracy": float(np.mean((p > 0.5) == y))}
+
+
+class Precomputed:
+  """A verifier whose scores were computed beforehand, per candidates object: out-of-fold scores while
+  the priors are fitted on top, and no inputs assembled again at every step of that fit."""
+
+  def __init__(self):
+    self._scores: dict[int, np.ndarray] = {}
+
+  def add(self, candidates: read_number.Candidates, log_whole: np.ndarray) -> None:
+    self._scores[id(candidates)] = log_whole
+
+  def log_whole(self, candidates: read_number.Candidates) -> np.ndarray:
+    return self._scores[id(candidates)]
 
 
 def _standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
