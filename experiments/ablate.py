@@ -104,7 +104,8 @@ def write_results(sweep_dir: str, name: str, sweep: types.ModuleType, rows: list
   sweep_results.plot(os.path.join(sweep_dir, "results.png"), rows, table, sweep.TARGET_TRAIN_ACCURACY)
   if hasattr(sweep, "COST_CURVES"):  # a cost sweep: accuracy against training arithmetic, a line per value
     curves = {variant: fields.get(sweep.COST_CURVES) for variant, fields in sweep.VARIANTS.items()}
-    sweep_results.plot_cost(os.path.join(sweep_dir, "cost.png"), rows, table, curves, sweep.COST_CURVES)
+    sweep_results.plot_cost(os.path.join(sweep_dir, "cost.png"), rows, table, curves, sweep.COST_CURVES,
+                            references=getattr(sweep, "COST_REFERENCES", None))
     page += "![cost](cost.png)\n"
   with open(os.path.join(sweep_dir, "results.md"), "w") as f:
     f.write(page)

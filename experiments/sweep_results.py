@@ -88,6 +88,10 @@ def training_tflop(row: dict[str, Any]) -> float:
   return math.nan if images is None else 3 * row["mflops_per_image"] * 1e6 * images / 1e12
 
 
+def _no_delta(entry: dict[str, Any], baseline: str) -> str:
+  return "(baseline)" if entry["variant"] == baseline else "n/a (no baseline runs)"
+
+
 def _pct(x: float) -> str:
   return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
 
@@ -111,7 +115,7 @@ def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseli
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for e in table:
-    delta = f"{100 * e['delta_test']:+.2f}" if "delta_test" in e else "(baseline)"
+    delta = f"{100 * e['delta_test']:+.2f}" if "delta_test" in e else _no_delta(e, baseline)
     p = _num(e.get("p_value", math.nan), ".3f") if "delta_test" in e else ""
     lines.append(
         f"| `{e['variant']}` | {_pct(e['test_mean'])} +- {_pct(e['test_std'])} | {_pct(e['test_min'])} | "
@@ -125,7 +129,7 @@ def markdown(table: list[dict[str, Any]], sweep_name: str, target: float, baseli
             "| variant | val acc | delta | p | raw-weights val acc | raw-weights test acc |",
             "|---|---:|---:|---:|---:|---:|"]
   for e in table:
-    delta = f"{100 * e['delta_val']:+.2f}" if "delta_val" in e else "(baseline)"
+    delta = f"{100 * e['delta_val']:+.2f}" if "delta_val" in e else _no_delta(e, baseline)
     p = _num(e.get("p_value_val", math.nan), ".3f") if "delta_val" in e else ""
     lines.append(f"| `{e['variant']}` | {_pct(e['val_mean'])} +- {_pct(e['val_std'])} | {delta} | {p} | "
                  f"{_pct(e.get('raw_val_mean', math.nan))} | {_pct(e.get('raw_test_mean', math.nan))} |")
@@ -155,12 +159,20 @@ def plot(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]], tar
 
 
 def plot_cost(path: str, rows: list[dict[str, Any]], table: list[dict[str, Any]], curves: dict[str, Any],
-              curve_name: str) -> None:
+              curve_name: str, *, references: dict[str, tuple[float, list[float]]] | None = None) -> None:
   """Validation accuracy against training arithmetic (log axis), one line per value of `curves` (variant
-  -> the value of `curve_name` it has, e.g. its width), in order of cost; dots: the seeds, bars: std."""
+  -> the value of `curve_name` it has, e.g. its width), in order of cost; dots: the seeds, bars: std.
+  `references`: label -> (training TFLOP, validation accuracies per seed) of runs outside the sweep."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, (tflop, accuracies) in (references or {}).items():
+    values = 100 * np.asarray(accuracies)
+    ax.errorbar([tflop], [values.mean()], yerr=[values.std(ddof=1) if len(values) > 1 else 0.0], fmt="s",
+                capsize=3, color="grey", label=label)
+    ax.plot([tflop] * len(values), values, ".", color="grey", alpha=0.4)
   for colour, value in enumerate(dict.fromkeys(curves.values())):
     entries = sorted((e for e in table if curves.get(e["variant"]) == value), key=lambda e: e["train_tflop"])
+    if not entries:  # a value none of whose variants has finished
+      continue
     ax.errorbar([e["train_tflop"] for e in entries], [100 * e["val_mean"] for e in entries],
                 yerr=[100 * np.nan_to_num(e["val_std"]) for e in entries], fmt="-o", capsize=3,
                 color=f"C{colour}", label=str(value))

@@ -69,5 +69,12 @@ def test_training_arithmetic_and_the_cost_plot(tmp_path):
   assert [e["train_tflop"] for e in table] == pytest.approx([120, 750, 60])
   assert math.isnan(sweep_results.training_tflop(_row("old", 0, 0.9)))  # summarised before it was recorded
   curves = {"narrow_long": 0.25, "narrow_short": 0.25, "wide": 1.0}
-  sweep_results.plot_cost(str(tmp_path / "cost.png"), rows, table, curves, "model.width_multiplier")
+  sweep_results.plot_cost(str(tmp_path / "cost.png"), rows, table, curves, "model.width_multiplier",
+                          references={"published": (500.0, [0.99, 0.991])})
   assert (tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_without_baseline_runs_no_variant_is_called_the_baseline():
+  table = sweep_results.variant_statistics([_row("other", 0, 0.99)], "base")
+  page = sweep_results.markdown(table, "demo", 0.95, "base", extra_overrides=[], seeds=[0])
+  assert "(baseline)" not in page and "n/a (no baseline runs)" in page

@@ -6,7 +6,7 @@ normalisation lowers error (3.3); dropout curbs overfitting (4.2); data augmenta
 (4.1). Batch norm (2015) is the modern alternative to LRN.
 """
 
-BASE_CONFIG = "configs/default.py"
+BASE_CONFIG = "configs/full_width.py"  # measured at full width, the default until the cost sweep
 BASELINE = "baseline"
 TARGET_TRAIN_ACCURACY = 0.95
 # The paper's network: no normalisation layer unless a variant adds one, and its raw weights (a moving

@@ -1,6 +1,6 @@
 """Capacity against accuracy and cost: convolution width and dense width (parameters, FLOPs, images/s)."""
 
-BASE_CONFIG = "configs/default.py"
+BASE_CONFIG = "configs/full_width.py"  # measured at full width, the default until the cost sweep
 BASELINE = "width_1_dense_1024"
 TARGET_TRAIN_ACCURACY = 0.95
 VARIANTS = {

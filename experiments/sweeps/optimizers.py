@@ -5,7 +5,7 @@ so that the sweep compares AdamW with the paper's optimizer rather than with the
 variant. Its learning rates and schedules are this sweep's own, not the paper's manual step decay.
 """
 
-BASE_CONFIG = "configs/default.py"
+BASE_CONFIG = "configs/full_width.py"  # measured at full width, the default until the cost sweep
 BASELINE = "adamw_onecycle"
 TARGET_TRAIN_ACCURACY = 0.95
 _SGD = {"optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 5e-4, "nesterov": False}

@@ -9,7 +9,7 @@ test split is reported, never chosen on. How the recipe was chosen: docs/recipe.
 docs/results/recipe.md.
 """
 
-BASE_CONFIG = "configs/default.py"
+BASE_CONFIG = "configs/full_width.py"  # measured at full width, the default until the cost sweep
 BASELINE = "before"
 TARGET_TRAIN_ACCURACY = 0.99
 _ELASTIC = {"data.elastic_alpha": 34.0, "data.elastic_sigma": 4.0}  # Simard et al. 2003's setting
