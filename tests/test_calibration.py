@@ -85,8 +85,9 @@ def test_concurrent_writers_lose_no_entry(tmp_path):
 
   def store(worker):
     barrier.wait()
+    path = str(tmp_path / calibration.CALIBRATION_FILE)
     for i in range(per_worker):
-      calibration._store(str(tmp_path), calibration.entry_key("raw", worker * per_worker + i), entry)
+      calibration.store_entry(path, calibration.entry_key("raw", worker * per_worker + i), entry)
 
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     list(pool.map(store, range(workers)))

@@ -187,3 +187,12 @@ def test_the_benchmark_fits_a_reader_that_reads_its_validation_strings():
   reader, report = number_strings.fit_reader(strings)
   assert report["l2"] in number_reader.L2_GRID and report["strings"] == len(strings)
   assert before < number_strings.fit_objective(strings, reader.priors, reader)[0]
+
+
+def test_storing_over_a_damaged_file_keeps_it_aside(tmp_path):
+  """As calibration.json: the damaged bytes are moved aside, never lost, and the new entry is readable."""
+  (tmp_path / number_reader.READER_FILE).write_text("{not json")
+  number_reader.store(str(tmp_path), "ema", 7, width_verifier())
+  kept = list(tmp_path.glob(number_reader.READER_FILE + ".damaged-*"))
+  assert len(kept) == 1 and kept[0].read_text() == "{not json"
+  assert number_reader.load(str(tmp_path), "ema", 7) is not None

@@ -77,8 +77,9 @@ def entry_key(weights: str, step: int, tta_radius: int = 0) -> str:
   return f"{weights}@{step}" + (f"+tta{tta_radius}" if tta_radius else "")
 
 
-def _read(path: str) -> dict[str, dict[str, Any]]:
-  """The entries of a calibration file; ValueError or OSError if it cannot be read as such."""
+def read_entry_file(path: str) -> dict[str, dict[str, Any]]:
+  """The entries of a file of keyed entries (calibration.json, number_reader.json); ValueError or OSError
+  if it cannot be read as such."""
   with open(path) as f:
     entries = json.load(f)
   if not isinstance(entries, dict):
@@ -93,7 +94,7 @@ def read_entries(workdir: str) -> dict[str, dict[str, Any]]:
   if not os.path.exists(path):
     return {}
   try:
-    return _read(path)
+    return read_entry_file(path)
   except (OSError, ValueError) as e:
     logging.warning("%s cannot be read (%s: %s): probabilities uncalibrated until a temperature is fitted "
                     "again", path, type(e).__name__, e)
@@ -117,15 +118,15 @@ def _exclusive(path: str) -> Iterator[None]:
         msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-def _store(workdir: str, key: str, entry: dict[str, Any]) -> None:
-  """Adds one entry: read, changed and renamed into place under the lock, so that concurrent writers
-  lose no entry and a kill never leaves half a file. A damaged file is moved aside first, never lost."""
-  path = os.path.join(workdir, CALIBRATION_FILE)
+def store_entry(path: str, key: str, entry: dict[str, Any]) -> None:
+  """Adds one entry to a file of keyed entries: read, changed and renamed into place under the lock, so
+  that concurrent writers lose no entry and a kill never leaves half a file. A damaged file is moved aside
+  first, never lost."""
   with _exclusive(path):
     entries = {}
     if os.path.exists(path):
       try:
-        entries = _read(path)
+        entries = read_entry_file(path)
       except (OSError, ValueError) as e:
         kept = f"{path}.damaged-{int(time.time())}"
         os.replace(path, kept)
@@ -155,5 +156,5 @@ def calibrate(workdir: str, weights: str, step: int, validation: tuple[np.ndarra
     entry["tta_radius"] = tta_radius
   if not store:
     return entry
-  _store(workdir, entry_key(weights, step, tta_radius), entry)
+  store_entry(os.path.join(workdir, CALIBRATION_FILE), entry_key(weights, step, tta_radius), entry)
   return entry

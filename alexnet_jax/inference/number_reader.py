@@ -19,7 +19,6 @@ stores it; `predict --number` and `serve`'s /api/read load it (`for_predictor`),
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -28,7 +27,6 @@ import scipy.optimize
 from absl import logging
 
 from alexnet_jax.inference import calibration, read_number
-from alexnet_jax.training import metric_logging
 
 READER_FILE = "number_reader.json"
 WHOLE_IOU = 0.75  # a candidate is one whole digit when its box overlaps one true digit's this much
@@ -180,31 +178,15 @@ def _standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return x.mean(axis=0), np.where(scale > 1e-6, scale, 1.0)
 
 
-def _read(path: str) -> dict[str, Any]:
-  with open(path) as f:
-    entries = json.load(f)
-  if not isinstance(entries, dict):
-    raise ValueError(f"a JSON {type(entries).__name__}, not an object of entries")
-  return entries
-
-
 def store(workdir: str, weights: str, step: int, reader: NumberReader, report: dict[str, Any] | None = None
           ) -> str:
   """Adds the reader of checkpoint `step`'s `weights` to DIR/number_reader.json beside the other
-  checkpoints' (under calibration's lock, renamed into place: concurrent writers lose nothing, a kill
-  leaves the old file or the new one); a damaged file is started again. Returns the file's path."""
+  checkpoints', as calibration stores its temperatures (locked, renamed into place, a damaged file moved
+  aside). Returns the file's path."""
   path = os.path.join(workdir, READER_FILE)
-  with calibration._exclusive(path):  # the same lock as calibration.json's
-    entries = {}
-    if os.path.exists(path):
-      try:
-        entries = _read(path)
-      except (OSError, ValueError) as e:
-        logging.warning("%s was damaged (%s: %s); writing it again", path, type(e).__name__, e)
-    entries[calibration.entry_key(weights, step)] = {**reader.to_entry(), "weights_kind": weights,
-                                                     "checkpoint_step": step, "fit_on": "validation",
-                                                     "report": report or {}}
-    metric_logging.write_atomically(path, json.dumps(entries))
+  calibration.store_entry(path, calibration.entry_key(weights, step), {
+      **reader.to_entry(), "weights_kind": weights, "checkpoint_step": step, "fit_on": "validation",
+      "report": report or {}})
   return path
 
 
@@ -216,7 +198,7 @@ def load(workdir: str, weights: str, step: int) -> NumberReader | None:
   if not os.path.exists(path):
     return None
   try:
-    entry = _read(path).get(key)
+    entry = calibration.read_entry_file(path).get(key)
     return None if entry is None else NumberReader.from_entry(entry)
   except (OSError, ValueError, KeyError, TypeError) as e:
     logging.warning("%s cannot be read (%s: %s): reading numbers without a verifier", path,

@@ -65,7 +65,7 @@ class Predictor:
     (N, width) that the last layer classifies, from one forward pass (one view: no test-time
     augmentation)."""
     if self._with_features is None:
-      self._with_features = _probabilities_and_features_fn(self._run)
+      self._with_features = self._run.probabilities_and_features_fn()
     probabilities, features = [], []
     for chunk, count in self._chunks(images, preprocessed):
       p, f = jax.device_get(self._with_features(chunk))
@@ -85,19 +85,6 @@ class Predictor:
       padded = np.zeros((_padded_size(len(chunk), self.batch_size), *chunk.shape[1:]), np.uint8)
       padded[:len(chunk)] = chunk
       yield jnp.asarray(padded), len(chunk)
-
-
-def _probabilities_and_features_fn(run: trained_run.TrainedRun):
-  """A jitted function: uint8 images (N, 28, 28, 1) -> (calibrated probabilities, penultimate features)."""
-  temperature = run.temperature if run.temperature is not None else 1.0
-
-  @jax.jit
-  def apply(variables, images):
-    logits, state = run.model.apply(variables, input_pipeline.normalize(images), train=False,
-                                    mutable=["intermediates"])
-    return jax.nn.softmax(logits / temperature), state["intermediates"]["features"][0]
-
-  return lambda images: apply(run.variables, images)
 
 
 def load_predictor(workdir: str, checkpoint: str = "best", weights: str = "auto") -> Predictor:

@@ -59,8 +59,24 @@ class TrainedRun:
     """A jitted function: uint8 images (N, 28, 28, 1) -> softmax probabilities (N, classes), of the
     logits divided by the run's temperature where one is stored (unless `calibrated=False`)."""
     logits = self.logits_fn()
-    temperature = self.temperature if calibrated and self.temperature is not None else 1.0
+    temperature = self._temperature(calibrated)
     return lambda images: jax.nn.softmax(logits(images) / temperature)
+
+  def probabilities_and_features_fn(self):
+    """A jitted function: uint8 images (N, 28, 28, 1) -> (calibrated probabilities, the penultimate layer's
+    activations), from one forward pass of one view (no test-time augmentation)."""
+    temperature = self._temperature(calibrated=True)
+
+    @jax.jit
+    def apply(variables, images):
+      logits, state = self.model.apply(variables, input_pipeline.normalize(images), train=False,
+                                       mutable=["intermediates"])
+      return jax.nn.softmax(logits / temperature), state["intermediates"]["features"][0]
+
+    return lambda images: apply(self.variables, images)
+
+  def _temperature(self, calibrated: bool) -> float:
+    return self.temperature if calibrated and self.temperature is not None else 1.0
 
   def split_logits(self, split: input_pipeline.Split, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of every real (unmasked) example of a split."""
