@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from alexnet_jax.inference import number_reader, read_number
-from experiments import number_strings
 from tests.test_read_number import ring
 
 FEATURES = 3  # the fake network's penultimate width
@@ -152,41 +151,6 @@ def test_candidates_without_features_are_refused_by_a_verifier():
   canvas, _ = touching_pair()
   with pytest.raises(ValueError, match="no penultimate features"):
     read_number.read_number(canvas, lambda images: SureOfEverything()(images)[0], verifier=width_verifier())
-
-
-class SeesTheShape(SureOfEverything):
-  """Sure of everything too, but its features hold the ink's aspect and its square: a band of widths
-  (a digit's, between a fragment's and a merge's) is linear in them."""
-
-  def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    probabilities, _ = super().__call__(images)
-    ink = images[..., 0] > 128
-    aspect = ink.any(axis=1).sum(axis=1) / ink.any(axis=2).sum(axis=1)
-    return probabilities, np.column_stack([aspect, aspect ** 2, np.zeros_like(aspect)]).astype(np.float32)
-
-
-def test_the_benchmark_fits_a_reader_that_reads_its_validation_strings():
-  """Touching pairs of narrow rings and single wide rings, read by a network sure of everything: the
-  fitted verifier (its features show a fragment, a digit or a merge) reads more of them right than the
-  priors alone."""
-  strings = []
-  for index in range(10):
-    canvas = np.zeros((50, 80), np.uint8)
-    if index % 2:
-      width = 13 + index % 3
-      ring(canvas, 10, 12, width=width)
-      ring(canvas, 10 + width, 12, width=width)
-      truth, boxes = "00", [[10, 12, width, 26], [10 + width, 12, width, 26]]
-    else:
-      ring(canvas, 10, 12, width=16 + index % 4)
-      truth, boxes = "0", [[10, 12, 16 + index % 4, 26]]
-    strings.append({"index": index, "spacing": "touching", "rendering": "black", "image": canvas,
-                    "truth": truth, "true_boxes": boxes,
-                    "candidates": read_number.find_candidates(canvas, SeesTheShape())})
-  before = number_strings.fit_objective(strings, read_number.PRIORS)[0]
-  reader, report = number_strings.fit_reader(strings)
-  assert report["l2"] in number_reader.L2_GRID and report["strings"] == len(strings)
-  assert before < number_strings.fit_objective(strings, reader.priors, reader)[0]
 
 
 def test_storing_over_a_damaged_file_keeps_it_aside(tmp_path):

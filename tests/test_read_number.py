@@ -154,25 +154,6 @@ def test_a_touching_pair_is_cut_though_the_recogniser_reads_the_merge_confidentl
   assert read_number.read_number(canvas, ReadsEverything()).text == "000"
 
 
-def test_fitting_the_priors_improves_what_they_are_fitted_on():
-  """Strings of rings apart, one of them wide, read by the recogniser sure of fragments: from priors that
-  allow any cut, coordinate descent finds priors that read them all right."""
-  strings = []
-  for wide in (22, 26, 30):
-    canvas = np.zeros((50, 120), np.uint8)
-    ring(canvas, 10, 12, width=14)
-    ring(canvas, 32, 12, width=wide)
-    ring(canvas, 40 + wide, 12, width=14)
-    strings.append({"truth": "000", "candidates": read_number.find_candidates(canvas, ReadsEverything())})
-  loose = read_number.Priors(cut=0, narrow_cut=0, crossing=0, wide=0, digit=-1)
-  grid = {"cut": (0, 1, 2, 4), "narrow_cut": (0, 4, 16), "digit": (-1, 0, 1)}
-  before = number_strings.fit_objective(strings, loose)
-  fitted = number_strings.fit_priors(strings, loose, grid)
-  after = number_strings.fit_objective(strings, fitted)
-  assert before[0] < len(strings) == after[0]
-  assert {name: getattr(fitted, name) for name in grid} != {name: getattr(loose, name) for name in grid}
-
-
 def test_too_many_pieces_are_refused_before_the_network_runs():
   """A hostile upload to POST /api/read: hundreds of thin strokes would make one enormous batch."""
   recogniser = FakeRecogniser()
@@ -234,13 +215,6 @@ def test_the_benchmark_composes_the_same_string_from_the_same_seed():
   fives = {len(number_strings.make_string(digits, labels, np.random.default_rng([3, i]), "wide", "black",
                                           lengths=(5, 5))[1]) for i in range(5)}
   assert fives == {5}
-
-
-def test_the_threshold_is_the_lowest_that_reaches_the_target():
-  records = [{"weakest": w, "right": r} for w, r in [(0.2, False), (0.5, True), (0.6, False), (0.9, True),
-                                                    (0.95, True)]]
-  assert number_strings.pick_threshold(records, 0.99) == 0.9
-  assert number_strings.pick_threshold(records, 0.7) == 0.5
 
 
 # --- A trained network on real MNIST test digits -------------------------------------------------------
