@@ -14,11 +14,11 @@ digit?" verifier of each candidate, and the priors and uncertainty threshold fit
 the validation strings, stored in RUN/number_reader.json and used for the test strings; a run that has
 one stored is read with it (unless `--noverifier`). The fitting itself is experiments/fit_number_reader.py.
 
-Reports whole-string and per-digit accuracy (1 - edit distance / length) per spacing class and rendering;
-the uncertainty threshold is picked on strings composed the same way from validation digits (the lowest
-weakest-digit probability at which the unflagged validation strings are right `--target` of the time),
-then the test strings flagged and the accuracy of the others are reported at it. Writes `results.json`
-and `worst.png` (the most confident mistakes) to `--out` (default RUN/number_strings).
+Reports whole-string accuracy (with Wilson's 95% interval) and per-digit accuracy (1 - edit distance / length)
+per spacing class and rendering; the uncertainty threshold is picked on strings composed the same way from
+validation digits (the lowest weakest-digit probability at which the unflagged validation strings are right
+`--target` of the time), then the test strings flagged and the accuracy of the others are reported at it.
+Writes `results.json` and `worst.png` (the most confident mistakes) to `--out` (default RUN/number_strings).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import os
 
 import numpy as np
+import scipy.stats
 from absl import app, flags
 from PIL import Image
 
@@ -140,6 +141,13 @@ def aspect_table(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   return np.array([(log_aspect[labels == c].mean(), log_aspect[labels == c].std()) for c in range(10)])
 
 
+def interval(right: int, count: int, confidence: float = 0.95) -> list[float]:
+  """Wilson's interval for the accuracy of `count` strings of which `right` were read right: with 150
+  strings per group, a point is one string, and the interval is some 6 points wide."""
+  ci = scipy.stats.binomtest(int(right), int(count)).proportion_ci(confidence, method="wilson")
+  return [float(ci.low), float(ci.high)]
+
+
 def summary(records: list[dict], threshold: float) -> dict:
   """Whole-string and per-digit accuracy per spacing class and rendering, and the flagged strings."""
   groups = {"all": records}
@@ -153,6 +161,7 @@ def summary(records: list[dict], threshold: float) -> dict:
         groups[name] = [r for r in records if r["length"] == length and spacing in {"", r["spacing"]}
                         and rendering in {"", r["rendering"]}]
   table = {name: {"strings": len(rs), "string_accuracy": float(np.mean([r["right"] for r in rs])),
+                  "interval": interval(sum(r["right"] for r in rs), len(rs)),
                   "digit_accuracy": 1.0 - sum(r["edits"] for r in rs) / sum(len(r["truth"]) for r in rs)}
            for name, rs in groups.items() if rs}
   kept = [r["right"] for r in records if r["weakest"] >= threshold]
@@ -195,7 +204,8 @@ def print_table(result: dict) -> None:
   for name, row in result["groups"].items():
     if several and " digits " in name:
       continue
-    print(f"{name:>26}: {row['string_accuracy']:7.2%} of {row['strings']:4d} strings, "
+    low, high = row["interval"]
+    print(f"{name:>26}: {row['string_accuracy']:7.2%} of {row['strings']:4d} strings ({low:.1%}-{high:.1%}), "
           f"{row['digit_accuracy']:7.2%} of digits")
   accuracy = result["unflagged_accuracy"]
   print(f"threshold {result['threshold']:.4f} (picked on validation): {result['flagged']} flagged uncertain, "

@@ -204,19 +204,6 @@ def test_otsu_threshold_separates_two_levels():
   assert 0.1 <= read_number.otsu_threshold(values) < 0.8
 
 
-def test_the_benchmark_composes_the_same_string_from_the_same_seed():
-  digits = np.zeros((20, 28, 28), np.uint8)
-  digits[:, 4:24, 10:16] = 200
-  labels = np.arange(20) % 10
-  first, second = (number_strings.make_string(digits, labels, np.random.default_rng([3, 7]), "touching",
-                                              "paper") for _ in range(2))
-  assert np.array_equal(first[0], second[0]) and first[1] == second[1]
-  assert 5 <= len(first[1]) <= 10 and first[0].dtype == np.uint8
-  fives = {len(number_strings.make_string(digits, labels, np.random.default_rng([3, i]), "wide", "black",
-                                          lengths=(5, 5))[1]) for i in range(5)}
-  assert fives == {5}
-
-
 # --- A trained network on real MNIST test digits -------------------------------------------------------
 
 
