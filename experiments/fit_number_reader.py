@@ -2,8 +2,8 @@
 --fit_priors` / `--fit_verifier` run): the priors by coordinate descent over a grid, the verifier's L2 weight
 on held-out folds, out-of-fold scores for the priors above it, and the uncertainty threshold.
 
-Every function takes string records as `number_strings.find_strings` makes them ({"truth", "candidates",
-...}); the network is never run here: candidates are found once, then read under many priors.
+The fits take string records as `number_strings.find_strings` makes them ({"truth", "candidates", ...});
+the network is never run here: candidates are found once, then read under many priors.
 """
 
 from __future__ import annotations

@@ -47,11 +47,8 @@ class TrainedRun:
   def logits_fn(self):
     """A jitted function: uint8 images, or float in [0, 255], (N, 28, 28, 1) -> logits (N, classes);
     differentiable with respect to the images."""
-    def single_view(variables, images):
-      return self.model.apply(variables, input_pipeline.normalize(images), train=False)
-
     apply = jax.jit(lambda variables, images: test_time_augmentation.averaged_log_probabilities_fn(
-        lambda views: single_view(variables, views), self.tta_radius)(images))
+        lambda views: self._apply(variables, views), self.tta_radius)(images))
     # The weights go in as arguments: closed over, they would be compiled into the program as constants.
     return lambda images: apply(self.variables, images)
 
@@ -69,11 +66,14 @@ class TrainedRun:
 
     @jax.jit
     def apply(variables, images):
-      logits, state = self.model.apply(variables, input_pipeline.normalize(images), train=False,
-                                       mutable=["intermediates"])
+      logits, state = self._apply(variables, images, mutable=["intermediates"])
       return jax.nn.softmax(logits / temperature), state["intermediates"]["features"][0]
 
     return lambda images: apply(self.variables, images)
+
+  def _apply(self, variables: dict[str, Any], images: jax.Array, **kwargs: Any) -> Any:
+    """One view of uint8 (or float in [0, 255]) images through the model in inference mode."""
+    return self.model.apply(variables, input_pipeline.normalize(images), train=False, **kwargs)
 
   def _temperature(self, calibrated: bool) -> float:
     return self.temperature if calibrated and self.temperature is not None else 1.0
