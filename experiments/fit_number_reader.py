@@ -101,12 +101,13 @@ def fit_reader(strings: list[dict], target: float = 0.95, priors: read_number.Pr
      on those scores; 4. the verifier refitted on every string."""
   start = time.perf_counter()
   x = [number_reader.inputs(s["candidates"]) for s in strings]
-  y = [number_reader.whole_labels(s["candidates"], s["true_boxes"]) for s in strings]
+  y = [number_reader.whole_labels(s["candidates"].boxes, s["true_boxes"]) for s in strings]
+  context = strings[0]["candidates"].context is not None
   fold = np.arange(len(strings)) % FOLDS
 
   def fitted(l2: float, keep: np.ndarray) -> number_reader.NumberReader:
     return number_reader.fit_verifier(np.concatenate([x[i] for i in np.flatnonzero(keep)]),
-                                      np.concatenate([y[i] for i in np.flatnonzero(keep)]), l2)
+                                      np.concatenate([y[i] for i in np.flatnonzero(keep)]), l2, context)
 
   def scored(reader: number_reader.NumberReader, indices: np.ndarray,
              into: number_reader.Precomputed) -> list[dict]:

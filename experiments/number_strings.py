@@ -13,6 +13,8 @@ With `--fit_verifier`, the run's number reader (alexnet_jax/inference/number_rea
 digit?" verifier of each candidate, and the priors and uncertainty threshold fitted with it) is fitted on
 the validation strings, stored in RUN/number_reader.json and used for the test strings; a run that has
 one stored is read with it (unless `--noverifier`). The fitting itself is experiments/fit_number_reader.py.
+Where the run has a context verifier (experiments/train_context_verifier.py), the reader is fitted on top
+of it (unless `--nocontext`).
 
 Reports whole-string accuracy (with Wilson's 95% interval) and per-digit accuracy (1 - edit distance / length)
 per spacing class and rendering; the uncertainty threshold is picked on strings composed the same way from
@@ -35,7 +37,7 @@ from PIL import Image
 
 from alexnet_jax import cli
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.inference import number_reader, predict, read_number, trained_run
+from alexnet_jax.inference import context_verifier, number_reader, predict, read_number, trained_run
 from experiments.fit_number_reader import fit_priors, fit_reader, pick_threshold, read_strings
 
 FLAGS = flags.FLAGS
@@ -116,8 +118,8 @@ def kind_of(index: int, paper: bool) -> tuple[str, str]:
 
 def find_strings(images: np.ndarray, labels: np.ndarray, probabilities_fn: read_number.ProbabilitiesFn, *,
                  count: int, seed: int, paper: bool, lengths: tuple[int, int] = LENGTHS,
-                 stream: tuple[int, ...] = ()) -> list[dict]:
-  """Composes `count` strings and finds their candidate digits (the network's part, done once): one record
+                 stream: tuple[int, ...] = (), context_fn: read_number.ContextFn | None = None) -> list[dict]:
+  """Composes `count` strings and finds their candidate digits (the networks' part, done once): one record
   each with its image, truth and `read_number.Candidates`."""
   strings = []
   for index in range(count):
@@ -126,7 +128,7 @@ def find_strings(images: np.ndarray, labels: np.ndarray, probabilities_fn: read_
     image, truth, boxes = make_string(images, labels, rng, spacing, rendering, lengths=lengths)
     strings.append({"index": index, "spacing": spacing, "rendering": rendering, "truth": truth,
                     "image": image, "true_boxes": boxes,
-                    "candidates": read_number.find_candidates(image, probabilities_fn)})
+                    "candidates": read_number.find_candidates(image, probabilities_fn, context_fn)})
   return strings
 
 
@@ -227,6 +229,8 @@ def define_flags() -> None:
                     "priors on top of it and the uncertainty threshold) on the validation strings, store it "
                     "in WORKDIR/number_reader.json and read the test strings with it.")
   flags.DEFINE_bool("verifier", True, "Read with the run's stored number reader where it has one.")
+  flags.DEFINE_bool("context", True, "With --fit_verifier: fit the reader on top of the run's context "
+                    "verifier where one is stored (experiments.train_context_verifier).")
   flags.DEFINE_bool("aspect_table", False, "Print read_number.DIGIT_ASPECT measured on the training split, "
                     "and stop.")
   flags.DEFINE_string("out", "", "Folder for results.json and worst.png (default WORKDIR/number_strings).")
@@ -250,7 +254,11 @@ def main(argv: list[str]) -> None:
   features = FLAGS.fit_verifier or reader is not None
   probabilities_fn = read_number.predictor_probabilities(predictor, features=features)
   lengths = (FLAGS.min_length, FLAGS.max_length)
-  settings = dict(count=FLAGS.count, seed=FLAGS.seed, paper=FLAGS.paper, lengths=lengths)
+  with_context = (reader.context if reader is not None
+                  else FLAGS.fit_verifier and FLAGS.context and context_verifier.exists(FLAGS.workdir))
+  context_fn = context_verifier.stored_candidate_logits(FLAGS.workdir) if with_context else None
+  settings = dict(count=FLAGS.count, seed=FLAGS.seed, paper=FLAGS.paper, lengths=lengths,
+                  context_fn=context_fn)
   validation_strings = find_strings(*split_arrays(splits["validation"]), probabilities_fn,
                                     stream=(VALIDATION_STREAM,), **settings)
   priors = read_number.PRIORS if reader is None else reader.priors
@@ -273,7 +281,7 @@ def main(argv: list[str]) -> None:
   draw_worst(test, os.path.join(out, "worst.png"))
   result.update(workdir=FLAGS.workdir, checkpoint_step=predictor.checkpoint_step, count=FLAGS.count,
                 seed=FLAGS.seed, lengths=list(lengths), paper=FLAGS.paper, target=FLAGS.target,
-                priors=dataclasses.asdict(priors), verifier=reader is not None)
+                priors=dataclasses.asdict(priors), verifier=reader is not None, context=with_context)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)

@@ -41,7 +41,7 @@ def width_verifier(**kwargs) -> number_reader.NumberReader:
 def test_a_merge_and_the_fragments_are_not_whole_digits_and_the_true_boxes_are():
   canvas, truth = touching_pair()
   candidates = read_number.find_candidates(canvas, SureOfEverything())
-  labels = number_reader.whole_labels(candidates, truth)
+  labels = number_reader.whole_labels(candidates.boxes, truth)
   boxes = [tuple(int(v) for v in box) for box in candidates.boxes]
   whole = {box for box, label in zip(boxes, labels, strict=True) if label}
   assert whole and all(abs(x0 - 10) <= 2 or abs(x1 - 34) <= 2 for x0, _, x1, _ in whole)

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.optimize
 from absl import logging
 
-from alexnet_jax.inference import calibration, read_number
+from alexnet_jax.inference import calibration, context_verifier, read_number
 
 READER_FILE = "number_reader.json"
 WHOLE_IOU = 0.75  # a candidate is one whole digit when its box overlaps one true digit's this much
@@ -53,21 +53,26 @@ def geometry(candidates: read_number.Candidates) -> np.ndarray:
 
 
 def inputs(candidates: read_number.Candidates) -> np.ndarray:
-  """(m, width + len(GEOMETRY)): what the verifier reads of each candidate."""
+  """(m, width + len(GEOMETRY) [+ 1]): what the verifier reads of each candidate (the context verifier's
+  logit last, where the candidates carry one)."""
   if candidates.features is None:
     raise ValueError("the candidates carry no penultimate features: find them with "
                      "read_number.predictor_probabilities(predictor, features=True)")
-  return np.concatenate([candidates.features.astype(np.float64), geometry(candidates)], axis=1)
+  parts = [candidates.features.astype(np.float64), geometry(candidates)]
+  if candidates.context is not None:
+    parts.append(candidates.context[:, None])
+  return np.concatenate(parts, axis=1)
 
 
-def whole_labels(candidates: read_number.Candidates, true_boxes: np.ndarray) -> np.ndarray:
-  """(m,) bool: candidate boxes (x0, y0, x1, y1) that are one true digit's box ([x, y, w, h] each; IoU at
-  least WHOLE_IOU, the candidate's box widened by BOX_SLACK) and hold no other true digit's centre; the
-  rest are fragments or merges."""
+def whole_labels(boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
+  """(m,) bool: candidate boxes (x0, y0, x1, y1; `Candidates.boxes`) that are one true digit's box ([x, y,
+  w, h] each; IoU at least WHOLE_IOU, the candidate's box widened by BOX_SLACK) and hold no other true
+  digit's centre; the rest are fragments or merges."""
   truth = np.asarray(true_boxes, np.float64).reshape(-1, 4)
   tx0, ty0 = truth[:, 0], truth[:, 1]
   tx1, ty1 = tx0 + truth[:, 2], ty0 + truth[:, 3]
-  boxes = candidates.boxes.astype(np.float64) + np.array([-BOX_SLACK, -BOX_SLACK, BOX_SLACK, BOX_SLACK])
+  slack = np.array([-BOX_SLACK, -BOX_SLACK, BOX_SLACK, BOX_SLACK])
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4) + slack
   x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))
   overlap = np.clip(np.minimum(x1, tx1) - np.maximum(x0, tx0), 0, None) * np.clip(
       np.minimum(y1, ty1) - np.maximum(y0, ty0), 0, None)
@@ -115,6 +120,7 @@ class NumberReader:
   bias: float
   priors: read_number.Priors = read_number.PRIORS
   uncertain_below: float = read_number.UNCERTAIN_BELOW
+  context: bool = False  # whether it reads the context verifier's logit (stored in RUN/context_verifier)
 
   def log_whole(self, candidates: read_number.Candidates) -> np.ndarray:
     """(m,): log P(each candidate is one whole digit)."""
@@ -133,7 +139,7 @@ class NumberReader:
   def to_entry(self) -> dict[str, Any]:
     return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
             "bias": self.bias, "priors": dataclasses.asdict(self.priors),
-            "uncertain_below": self.uncertain_below}
+            "uncertain_below": self.uncertain_below, "context": self.context}
 
   @classmethod
   def from_entry(cls, entry: dict[str, Any]) -> NumberReader:
@@ -142,19 +148,24 @@ class NumberReader:
     if not mean.ndim == 1 or not mean.shape == scale.shape == weights.shape or not np.all(scale > 0):
       raise ValueError("mean, scale and weights are not one positive-scaled vector each of one length")
     return cls(mean, scale, weights, float(entry["bias"]), read_number.Priors(**entry["priors"]),
-               float(entry["uncertain_below"]))
+               float(entry["uncertain_below"]), bool(entry.get("context", False)))
 
 
-def fit_verifier(x: np.ndarray, y: np.ndarray, l2: float) -> NumberReader:
-  """The verifier of candidates `x` (inputs) labelled `y` (whole or not), inputs standardised on them."""
+def fit_verifier(x: np.ndarray, y: np.ndarray, l2: float, context: bool = False) -> NumberReader:
+  """The verifier of candidates `x` (inputs) labelled `y` (whole or not), inputs standardised on them;
+  `context`: the last input is the context verifier's logit."""
   mean, scale = _standardisation(x)
   weights, bias = fit_logistic((x - mean) / scale, y, l2)
-  return NumberReader(mean, scale, weights, bias)
+  return NumberReader(mean, scale, weights, bias, context=context)
 
 
 def held_out_figures(reader: NumberReader, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
   """Log-loss and accuracy (at P = 0.5) of the verifier on candidates it was not fitted on."""
-  p = np.exp(reader.log_whole_of(x))
+  return held_out_figures_of(np.exp(reader.log_whole_of(x)), y)
+
+
+def held_out_figures_of(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+  """Log-loss and accuracy (at P = 0.5) of probabilities `p` that candidates are whole, against `y`."""
   return {"log_loss": log_loss(p, y), "accuracy": float(np.mean((p > 0.5) == y))}
 
 
@@ -208,11 +219,19 @@ def load(workdir: str, weights: str, step: int) -> NumberReader | None:
 
 def for_predictor(predictor: Any) -> tuple[read_number.ProbabilitiesFn, dict[str, Any]]:
   """`read_number`'s probabilities_fn and options for a `predict.Predictor`: its run's stored reader
-  where there is one, else the priors alone, with a one-line warning."""
+  (with its context verifier, where it reads one) where there is one, else the priors alone, with a
+  one-line warning."""
   reader = load(predictor.workdir, predictor.weights, predictor.checkpoint_step)
   if reader is None:
     logging.warning("%s: no number reader stored for %s: numbers read with the priors alone (python -m "
                     "experiments.number_strings --workdir RUN --fit_verifier fits one)", predictor.workdir,
                     calibration.entry_key(predictor.weights, predictor.checkpoint_step))
     return read_number.predictor_probabilities(predictor), {}
-  return read_number.predictor_probabilities(predictor, features=True), reader.options()
+  options = reader.options()
+  if reader.context:
+    try:
+      options["context_fn"] = context_verifier.stored_candidate_logits(predictor.workdir)
+    except ValueError as e:
+      logging.warning("%s: numbers read with the priors alone", e)
+      return read_number.predictor_probabilities(predictor), {}
+  return read_number.predictor_probabilities(predictor, features=True), options

@@ -25,7 +25,9 @@ network believes most. Steps:
 
 With a `verifier` (number_reader.py: a per-run classifier of the network's penultimate features and the
 candidate's shape, fitted on validation strings), each candidate also scores log P(one whole digit), so
-that a confident reading of a fragment or of two merged digits no longer wins the path.
+that a confident reading of a fragment or of two merged digits no longer wins the path. A verifier fitted
+with a `context_fn` (context_verifier.py: a small network that sees each candidate among its neighbours)
+also reads that network's judgement.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ PRIORS = Priors()
 
 # Images in MNIST form -> probabilities (N, 10), or (probabilities, penultimate features (N, width)).
 ProbabilitiesFn = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]]
+# The pieces and the candidate segments (m, 2) -> (m,) logits of a verifier that sees each candidate in its
+# surroundings (context_verifier.py).
+ContextFn = Callable[["Pieces", np.ndarray], np.ndarray]
 
 
 class Verifier(Protocol):
@@ -176,6 +181,7 @@ class Candidates:
   cut_width: np.ndarray  # (n + 1,): that component's width
   crossings: np.ndarray  # (n + 1,): strokes the cut crosses
   features: np.ndarray | None = None  # (m, width): the network's penultimate layer, where asked for
+  context: np.ndarray | None = None  # (m,): the context verifier's logits, where one was given
 
   def segment_scores(self, priors: Priors, verifier: Verifier | None = None) -> np.ndarray:
     """(m,): log-probability of the read digit plus the log-prior of the segment (and the verifier's
@@ -332,7 +338,7 @@ def candidate_segments(pieces: Pieces) -> list[tuple[int, int]]:
   count = len(pieces.boxes)
   for first in range(count):
     for stop in range(first + 1, count + 1):
-      box = _union(pieces.boxes[first:stop])
+      box = union_box(pieces.boxes[first:stop])
       if stop > first + 1 and box[2] - box[0] > MAX_WIDTH * pieces.height:
         break
       segments.append((first, stop))
@@ -342,13 +348,13 @@ def candidate_segments(pieces: Pieces) -> list[tuple[int, int]]:
   return segments
 
 
-def _union(boxes: np.ndarray) -> tuple[int, int, int, int]:
+def union_box(boxes: np.ndarray) -> tuple[int, int, int, int]:
   return int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max())
 
 
 def segment_image(pieces: Pieces, first: int, stop: int) -> np.ndarray:
   """The ink of pieces first..stop-1 (and their faint edges) in their box, on a 2-pixel black margin."""
-  x0, y0, x1, y1 = _union(pieces.boxes[first:stop])
+  x0, y0, x1, y1 = union_box(pieces.boxes[first:stop])
   pad = int(np.ceil(HALO))
   top, left = max(0, y0 - pad), max(0, x0 - pad)
   owner = pieces.owner[top:y1 + pad, left:x1 + pad]
@@ -368,22 +374,24 @@ def _side_by_side(pieces: Pieces, first: int, stop: int) -> int:
   return count
 
 
-def find_candidates(image: np.ndarray, probabilities_fn: ProbabilitiesFn) -> Candidates:
-  """Steps 1-4: the pieces, the candidate digits and the network's reading of them all in one call."""
+def find_candidates(image: np.ndarray, probabilities_fn: ProbabilitiesFn, context_fn: ContextFn | None = None
+                    ) -> Candidates:
+  """Steps 1-4: the pieces, the candidate digits and the network's reading of them all in one call (and
+  the context verifier's judgement of them, in another)."""
   pieces = cut_into_pieces(image)
-  segments = candidate_segments(pieces)
+  segments = np.array(candidate_segments(pieces), np.int64)
   batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
   output = probabilities_fn(batch)
   probabilities, features = output if isinstance(output, tuple) else (output, None)
-  candidates = measured(pieces, np.array(segments, np.int64), np.asarray(probabilities, np.float64))
-  if features is None:
-    return candidates
-  return dataclasses.replace(candidates, features=np.asarray(features, np.float32))
+  candidates = measured(pieces, segments, np.asarray(probabilities, np.float64))
+  return dataclasses.replace(
+      candidates, features=None if features is None else np.asarray(features, np.float32),
+      context=None if context_fn is None else np.asarray(context_fn(pieces, segments), np.float64))
 
 
 def measured(pieces: Pieces, segments: np.ndarray, probabilities: np.ndarray) -> Candidates:
   """The candidates with the sizes and shapes the priors weigh."""
-  boxes = np.array([_union(pieces.boxes[first:stop]) for first, stop in segments], np.int64)
+  boxes = np.array([union_box(pieces.boxes[first:stop]) for first, stop in segments], np.int64)
   width = (boxes[:, 2] - boxes[:, 0]) / pieces.height
   tall = (boxes[:, 3] - boxes[:, 1]) / pieces.height
   mean, std = DIGIT_ASPECT[probabilities.argmax(axis=1)].T
@@ -439,13 +447,14 @@ def path_text(candidates: Candidates, path: Path) -> str:
 
 def read_number(image: np.ndarray, probabilities_fn: ProbabilitiesFn,
                 uncertain_below: float = UNCERTAIN_BELOW, priors: Priors = PRIORS,
-                verifier: Verifier | None = None) -> NumberReading:
+                verifier: Verifier | None = None, *, context_fn: ContextFn | None = None) -> NumberReading:
   """The digits of `image` (any size, (H, W) or (H, W, 1|3|4), either polarity), left to right.
 
   `probabilities_fn`: uint8 (N, 28, 28, 1) images in MNIST form -> (N, 10) probabilities (and, for a
-  `verifier`, the penultimate features); called once. Raises digit_image.ImageError when the image holds
-  no ink, or too many pieces to be a line of digits."""
-  candidates = find_candidates(image, probabilities_fn)
+  `verifier`, the penultimate features); called once. `context_fn`: the context verifier a `verifier` fitted
+  with one reads. Raises digit_image.ImageError when the image holds no ink, or too many pieces to be a line
+  of digits."""
+  candidates = find_candidates(image, probabilities_fn, context_fn)
   return reading_of(candidates, choose_path(candidates, priors, verifier), uncertain_below)
 
 
@@ -463,7 +472,7 @@ def reading_of(candidates: Candidates, path: Path, uncertain_below: float = UNCE
 
 def read_files(probabilities_fn: ProbabilitiesFn, paths: Sequence[str], **options) -> list[dict]:
   """One record per path, in order: {"file", **reading}, or {"file", "error"}; one bad file never stops
-  the others. `options`: read_number's (uncertain_below, priors, verifier)."""
+  the others. `options`: read_number's (uncertain_below, priors, verifier, context_fn)."""
   records = []
   for path in paths:
     try:

@@ -1,0 +1,168 @@
+"""A small network that sees each candidate digit of `read_number` in its surroundings and judges whether it
+is exactly one whole digit.
+
+The digit network reads each candidate alone, centred in a 28x28 field: a 2 whose tail was cut off, or the
+tail itself, looks like a whole digit there, and so does a 5 missing the 1 that overlaps it. Whether a
+piece of ink is a whole digit shows in what lies around it. So each candidate is shown here as a window on
+the string (`context_views`): TALL digit heights high, centred on the candidate's box, with two channels,
+all the ink in the window and the candidate's own ink. A three-layer CNN (`ContextNet`) reads the window
+and gives the logit of P(one whole digit); `number_reader`'s verifier takes it as one more input beside
+the digit network's penultimate features.
+
+It is trained on the candidates of strings composed from the run's **training** digits (never validation
+or test), labelled as the verifier's are (`number_reader.whole_labels`):
+`python -m experiments.train_context_verifier --workdir RUN`. Its weights are stored with the run, in
+RUN/context_verifier (Orbax), since the number reader fitted on top of it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import scipy.ndimage as ndi
+
+from alexnet_jax.inference import read_number
+
+CHECKPOINT_DIR = "context_verifier"
+ROWS, COLS = 24, 40  # the window, in samples: 1.6 digit heights high, 2.67 wide
+TALL = 1.6  # digit heights the window spans vertically: the candidate and a little of its line
+FEATURES = (16, 32, 64)  # channels of the three convolutions (each followed by 2x2 max-pooling)
+DENSE = 128
+BATCH = 256  # one view is 3.8 KB in float16: a batch of views stays small
+
+
+class ContextNet(nn.Module):
+  """(N, ROWS, COLS, 2) windows -> (N,) logits of P(the candidate is one whole digit)."""
+
+  @nn.compact
+  def __call__(self, views: jax.Array) -> jax.Array:
+    x = views
+    for features in FEATURES:
+      x = nn.max_pool(nn.relu(nn.Conv(features, (3, 3))(x)), (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(DENSE)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(1)(x)[:, 0]
+
+
+def context_views(pieces: read_number.Pieces, segments: np.ndarray) -> np.ndarray:
+  """(m, ROWS, COLS, 2) float16: each candidate's window, sampled bilinearly from the flattened ink (channel
+  0) and from the ink of the candidate's own pieces (channel 1). One sampling for all candidates: the piece
+  each sample falls in is looked up once (nearest pixel) and compared with each candidate's run."""
+  segments = np.asarray(segments, np.int64).reshape(-1, 2)
+  boxes = np.array([read_number.union_box(pieces.boxes[first:stop]) for first, stop in segments], float)
+  step = TALL * pieces.height / ROWS
+  centre_x, centre_y = (boxes[:, 0] + boxes[:, 2] - 1) / 2, (boxes[:, 1] + boxes[:, 3] - 1) / 2
+  ys = centre_y[:, None, None] + (np.arange(ROWS)[None, :, None] - (ROWS - 1) / 2) * step
+  xs = centre_x[:, None, None] + (np.arange(COLS)[None, None, :] - (COLS - 1) / 2) * step
+  coordinates = np.stack(np.broadcast_arrays(ys, xs))
+  ink = ndi.map_coordinates(pieces.ink, coordinates, order=1, cval=0.0)
+  owner = ndi.map_coordinates(pieces.owner, coordinates, order=0, cval=-1)
+  mine = (owner >= segments[:, 0, None, None]) & (owner < segments[:, 1, None, None])
+  return np.stack([ink, ink * mine], axis=-1).astype(np.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+  epochs: int = 2
+  learning_rate: float = 2e-3  # Adam, cosine-decayed to 0 over the whole run
+  batch_size: int = BATCH
+  seed: int = 0
+
+
+def train(views: np.ndarray, labels: np.ndarray, settings: TrainingSettings = TrainingSettings(),
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The parameters of a ContextNet fitted to `labels` (whole or not) by the mean sigmoid cross-entropy.
+  The initialisation and each epoch's order come from `settings.seed` alone (jax.random.fold_in)."""
+  model = ContextNet()
+  key = jax.random.key(settings.seed)
+  params = model.init(jax.random.fold_in(key, 0), jnp.zeros((1, ROWS, COLS, 2)))
+  steps_per_epoch = len(labels) // settings.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"{len(labels)} candidates are fewer than one batch of {settings.batch_size}")
+  schedule = optax.cosine_decay_schedule(settings.learning_rate, settings.epochs * steps_per_epoch)
+  optimizer = optax.adam(schedule)
+  state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, state, x, y):
+    def loss_fn(p):
+      return optax.sigmoid_binary_cross_entropy(model.apply(p, x), y).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+  targets = np.asarray(labels, np.float32)
+  for epoch in range(settings.epochs):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1 + epoch), len(targets)))
+    losses = []
+    for i in range(steps_per_epoch):
+      batch = order[i * settings.batch_size:(i + 1) * settings.batch_size]
+      params, state, loss = step(params, state, jnp.asarray(views[batch], jnp.float32), targets[batch])
+      losses.append(loss)
+    log(f"context verifier: epoch {epoch + 1}/{settings.epochs}, mean loss {float(np.mean(losses)):.4f}")
+  return jax.device_get(params)
+
+
+def logits_fn(params: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+  """Views -> (m,) logits, in batches of a fixed size (one compilation for any number of candidates)."""
+  apply = jax.jit(ContextNet().apply)
+
+  def logits(views: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(views), BATCH):
+      chunk = np.asarray(views[start:start + BATCH], np.float32)
+      padded = np.pad(chunk, ((0, BATCH - len(chunk)), (0, 0), (0, 0), (0, 0)))
+      out.append(np.asarray(apply(params, padded))[:len(chunk)])
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+  return logits
+
+
+def candidate_logits(params: dict[str, Any]) -> read_number.ContextFn:
+  """What `read_number.find_candidates` takes as `context_fn`: (pieces, segments) -> (m,) logits."""
+  logits = logits_fn(params)
+  return lambda pieces, segments: logits(context_views(pieces, segments))
+
+
+def stored_candidate_logits(workdir: str) -> read_number.ContextFn:
+  """`candidate_logits` of the run's stored context verifier (ValueError where it has none)."""
+  return candidate_logits(load(workdir))
+
+
+def _directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def save(workdir: str, params: dict[str, Any]) -> str:
+  """Writes the parameters to RUN/context_verifier (replacing any there) and returns that path."""
+  path = _directory(workdir)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, params, force=True)
+  return path
+
+
+def exists(workdir: str) -> bool:
+  return os.path.isdir(_directory(workdir))
+
+
+def load(workdir: str) -> dict[str, Any]:
+  """The stored parameters; ValueError naming the folder when they are missing or cannot be read."""
+  path = _directory(workdir)
+  if not exists(workdir):
+    raise ValueError(f"{path}: no context verifier stored (python -m experiments.train_context_verifier "
+                     f"--workdir {workdir} trains one)")
+  target = ContextNet().init(jax.random.key(0), jnp.zeros((1, ROWS, COLS, 2)))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return jax.device_get(checkpointer.restore(path, target))
+  except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged or foreign folder
+    raise ValueError(f"{path}: the context verifier cannot be read ({type(e).__name__}: {e})") from None

@@ -1,0 +1,155 @@
+"""context_verifier: the windows it sees, training (learns, and the same seed gives the same bits),
+storage, and the number reader that reads it (for_predictor, with and without it stored)."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from alexnet_jax.inference import context_verifier, number_reader, read_number
+from experiments import train_context_verifier
+from tests.test_number_reader import FEATURES, FakePredictor, SureOfEverything, touching_pair, width_verifier
+from tests.test_read_number import ring
+
+ROWS, COLS = context_verifier.ROWS, context_verifier.COLS
+
+
+def two_rings() -> np.ndarray:
+  """Two narrow rings (never cut), 40 px (1.5 digit heights) apart: each within the other's window."""
+  canvas = np.zeros((60, 100), np.uint8)
+  ring(canvas, 20, 15, width=12)
+  ring(canvas, 60, 15, width=12)
+  return canvas
+
+
+def test_a_window_is_centred_on_its_candidate_and_its_second_channel_holds_only_its_own_ink():
+  pieces = read_number.cut_into_pieces(two_rings())
+  assert len(pieces.boxes) == 2
+  views = context_verifier.context_views(pieces, np.array([[0, 1], [1, 2], [0, 2]])).astype(np.float32)
+  assert views.shape == (3, ROWS, COLS, 2)
+  assert np.all(views[..., 1] <= views[..., 0])
+  for view in views[:2]:  # one ring each: its ink is the window's middle, and the other ring lies aside
+    own = view[..., 1]
+    centre = np.average(np.arange(COLS), weights=own.sum(axis=0))
+    assert abs(centre - (COLS - 1) / 2) < 1.0
+    assert (view[..., 0] - own).sum() > 0  # the neighbouring ring, seen but not the candidate's
+  assert np.array_equal(views[2, ..., 1], views[2, ..., 0])  # both rings: all the ink is the candidate's
+
+
+def toy_views(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Noise, with the candidate's channel lit in the left half (whole) or the right half (not)."""
+  rng = np.random.default_rng(seed)
+  views = rng.uniform(0, 0.3, (count, ROWS, COLS, 2)).astype(np.float32)
+  whole = rng.random(count) < 0.5
+  views[whole, :, :COLS // 2, 1] += 0.7
+  views[~whole, :, COLS // 2:, 1] += 0.7
+  return views, whole
+
+
+def test_training_learns_and_the_same_seed_gives_the_same_bits():
+  views, whole = toy_views(1024, 0)
+  settings = context_verifier.TrainingSettings(epochs=3, seed=3)
+  params = context_verifier.train(views, whole, settings, log=lambda _: None)
+  held_views, held_whole = toy_views(512, 1)
+  p = 1 / (1 + np.exp(-context_verifier.logits_fn(params)(held_views)))
+  assert number_reader.held_out_figures_of(p, held_whole)["accuracy"] > 0.95
+  again = context_verifier.train(views, whole, settings, log=lambda _: None)
+  other = context_verifier.train(views, whole, context_verifier.TrainingSettings(epochs=3, seed=4),
+                                 log=lambda _: None)
+  leaves = [np.asarray(x) for x in _leaves(params)]
+  assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(leaves, _leaves(again), strict=True))
+  assert not all(np.array_equal(a, np.asarray(b)) for a, b in zip(leaves, _leaves(other), strict=True))
+
+
+def _leaves(params):
+  import jax  # noqa: PLC0415
+
+  return jax.tree_util.tree_leaves(params)
+
+
+def test_fewer_candidates_than_a_batch_are_refused():
+  views, whole = toy_views(10, 0)
+  with pytest.raises(ValueError, match="fewer than one batch"):
+    context_verifier.train(views, whole)
+
+
+def untrained(seed: int = 0) -> dict:
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  return context_verifier.ContextNet().init(jax.random.key(seed), jnp.zeros((1, ROWS, COLS, 2)))
+
+
+def test_storage_round_trips_and_a_missing_or_damaged_one_is_named(tmp_path):
+  with pytest.raises(ValueError, match="no context verifier stored"):
+    context_verifier.load(str(tmp_path))
+  params = untrained()
+  context_verifier.save(str(tmp_path), params)
+  loaded = context_verifier.load(str(tmp_path))
+  assert all(np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(_leaves(params), _leaves(loaded), strict=True))
+  for path in (tmp_path / context_verifier.CHECKPOINT_DIR).rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"damaged")
+  with pytest.raises(ValueError, match="cannot be read") as caught:
+    context_verifier.load(str(tmp_path))
+  assert "\n" not in str(caught.value).split(": ", 1)[0]
+
+
+def context_reader() -> number_reader.NumberReader:
+  """The width verifier, reading one more input (the context logit) with weight 0."""
+  base = width_verifier()
+  return number_reader.NumberReader(np.append(base.mean, 0.0), np.append(base.scale, 1.0),
+                                    np.append(base.weights, 0.0), base.bias, context=True)
+
+
+def test_a_reader_fitted_on_the_context_verifier_reads_with_the_stored_one(tmp_path):
+  number_reader.store(str(tmp_path), "ema", 7, context_reader())
+  assert number_reader.load(str(tmp_path), "ema", 7).context
+  params = untrained(1)
+  context_verifier.save(str(tmp_path), params)
+  probabilities_fn, options = number_reader.for_predictor(FakePredictor(str(tmp_path)))
+  canvas, _ = touching_pair()
+  assert read_number.read_number(canvas, probabilities_fn, **options).text == "00"
+  candidates = read_number.find_candidates(canvas, probabilities_fn, options["context_fn"])
+  expected = context_verifier.logits_fn(params)(context_verifier.context_views(candidates.pieces,
+                                                                               candidates.segments))
+  assert np.array_equal(candidates.context, expected)
+  assert number_reader.inputs(candidates).shape == (len(expected), FEATURES + len(number_reader.GEOMETRY) + 1)
+
+
+def test_without_the_context_verifier_it_was_fitted_on_the_reader_falls_back_in_one_line(tmp_path, caplog):
+  number_reader.store(str(tmp_path), "ema", 7, context_reader())
+  with caplog.at_level(logging.WARNING):
+    _, options = number_reader.for_predictor(FakePredictor(str(tmp_path)))
+  assert options == {}
+  assert any("no context verifier stored" in r.getMessage() and "\n" not in r.getMessage()
+             for r in caplog.records)
+
+
+def test_a_context_reader_refuses_candidates_without_the_context_logit():
+  canvas, _ = touching_pair()
+  with pytest.raises(ValueError, match="fitted for another network"):
+    read_number.read_number(canvas, SureOfEverything(), verifier=context_reader())
+
+
+def rings_as_digits(count: int = 20) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST-sized 'digits' (rings of a few widths) for composing strings without MNIST."""
+  images = np.zeros((count, 28, 28), np.uint8)
+  for i in range(count):
+    ring(images[i], 5 + i % 4, 3, width=12 + i % 5, height=20)
+  return images, np.arange(count) % 10
+
+
+def test_every_digit_of_a_wide_string_has_a_whole_candidate_and_a_merge_of_two_is_not_one():
+  images, labels = rings_as_digits()
+  views, whole, index_of = train_context_verifier.labelled_views(images, labels, count=8, seed=0)
+  assert views.shape == (len(whole), ROWS, COLS, 2) and views.dtype == np.float16
+  assert set(index_of) == set(range(8))
+  for index in range(0, 8, 4):  # strings 0 and 4 are wide: every digit a component of its own
+    spacing, _ = train_context_verifier.number_strings.kind_of(index, paper=True)
+    assert spacing == "wide"
+    rng = np.random.default_rng([0, index, train_context_verifier.TRAINING_STREAM])
+    _, truth, _ = train_context_verifier.number_strings.make_string(images, labels, rng, "wide", "black")
+    assert whole[index_of == index].sum() >= len(truth)
+  assert 0 < whole.mean() < 0.5
