@@ -1,13 +1,20 @@
 """context_verifier: the windows it sees, training (learns, and the same seed gives the same bits),
-storage, and the number reader that reads it (for_predictor, with and without it stored)."""
+storage, the number reader that reads it (for_predictor, with and without it stored), and the commands end
+to end on a real run."""
 
+import json
 import logging
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from alexnet_jax.inference import context_verifier, number_reader, read_number
+from alexnet_jax.inference import context_verifier, digit_image, number_reader, predict, read_number
 from experiments import train_context_verifier
+from tests.conftest import REPO_ROOT
 from tests.test_number_reader import FEATURES, FakePredictor, SureOfEverything, touching_pair, width_verifier
 from tests.test_read_number import ring
 
@@ -153,3 +160,35 @@ def test_every_digit_of_a_wide_string_has_a_whole_candidate_and_a_merge_of_two_i
     _, truth, _ = train_context_verifier.number_strings.make_string(images, labels, rng, "wide", "black")
     assert whole[index_of == index].sum() >= len(truth)
   assert 0 < whole.mean() < 0.5
+
+
+def run_module(module: str, *args: str) -> str:
+  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_train_it_fit_the_reader_on_it_and_read_with_both_on_real_digits(smoke_run, tmp_path):
+  """The commands end to end on a copy of a real run: train the context verifier on strings of its
+  training digits, fit the number reader on top of it on validation strings, and `predict --number` reads
+  with both exactly as the Python API does."""
+  workdir = tmp_path / "run"
+  shutil.copytree(smoke_run, workdir)
+  printed = run_module("experiments.train_context_verifier", "--workdir", str(workdir), "--count", "30",
+                       "--epochs", "1")
+  assert "held-out strings" in printed and context_verifier.exists(str(workdir))
+  run_module("experiments.number_strings", "--workdir", str(workdir), "--fit_verifier", "--count", "20",
+             "--min_length", "5", "--max_length", "5", "--out", str(tmp_path / "strings"))
+  assert json.loads((tmp_path / "strings" / "results.json").read_text())["context"] is True
+  predictor = predict.load_predictor(str(workdir))
+  assert number_reader.load(str(workdir), predictor.weights, predictor.checkpoint_step).context
+  image = two_rings()
+  path = tmp_path / "number.png"
+  Image.fromarray(image).save(path)
+  reading = json.loads(run_module("alexnet_jax.predict", "--workdir", str(workdir), "--number", "--json",
+                                  str(path)).strip().splitlines()[-1])
+  probabilities_fn, options = number_reader.for_predictor(predictor)
+  assert "context_fn" in options
+  expected = read_number.read_number(digit_image.read_image(str(path)), probabilities_fn, **options)
+  assert reading["text"] == expected.text and reading["uncertain"] == expected.uncertain
