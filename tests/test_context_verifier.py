@@ -15,7 +15,7 @@ from PIL import Image
 from alexnet_jax.inference import context_verifier, digit_image, number_reader, predict, read_number
 from experiments import train_context_verifier
 from tests.conftest import REPO_ROOT
-from tests.test_number_reader import FEATURES, FakePredictor, SureOfEverything, touching_pair, width_verifier
+from tests.test_number_reader import FakePredictor, SureOfEverything, touching_pair
 from tests.test_read_number import ring
 
 ROWS, COLS = context_verifier.ROWS, context_verifier.COLS
@@ -103,11 +103,9 @@ def test_storage_round_trips_and_a_missing_or_damaged_one_is_named(tmp_path):
   assert "\n" not in str(caught.value).split(": ", 1)[0]
 
 
-def context_reader() -> number_reader.NumberReader:
-  """The width verifier, reading one more input (the context logit) with weight 0."""
-  base = width_verifier()
-  return number_reader.NumberReader(np.append(base.mean, 0.0), np.append(base.scale, 1.0),
-                                    np.append(base.weights, 0.0), base.bias, context=True)
+def context_reader(slope: float = 1.0) -> number_reader.NumberReader:
+  """A verifier that reads the context logit alone, as P(whole) = sigmoid(slope * logit)."""
+  return number_reader.NumberReader(np.zeros(1), np.ones(1), np.array([slope]), 0.0, context=True)
 
 
 def test_a_reader_fitted_on_the_context_verifier_reads_with_the_stored_one(tmp_path):
@@ -117,12 +115,29 @@ def test_a_reader_fitted_on_the_context_verifier_reads_with_the_stored_one(tmp_p
   context_verifier.save(str(tmp_path), params)
   probabilities_fn, options = number_reader.for_predictor(FakePredictor(str(tmp_path)))
   canvas, _ = touching_pair()
-  assert read_number.read_number(canvas, probabilities_fn, **options).text == "00"
   candidates = read_number.find_candidates(canvas, probabilities_fn, options["context_fn"])
   expected = context_verifier.logits_fn(params)(context_verifier.context_views(candidates.pieces,
                                                                                candidates.segments))
-  assert np.array_equal(candidates.context, expected)
-  assert number_reader.inputs(candidates).shape == (len(expected), FEATURES + len(number_reader.GEOMETRY) + 1)
+  assert np.array_equal(candidates.context, expected) and candidates.features is None
+  assert np.array_equal(number_reader.inputs(candidates), expected[:, None])
+  assert np.array_equal(context_reader().log_whole(candidates), -np.logaddexp(0.0, -expected))
+  reading = read_number.read_number(canvas, probabilities_fn, **options)
+  path = read_number.choose_path(candidates, options["priors"], context_reader())
+  assert reading.text == read_number.path_text(candidates, path)
+
+
+def test_the_context_logit_decides_between_a_merge_and_its_two_halves():
+  """With the network sure of every candidate, the verifier's judgement alone picks the path: a context
+  logit that is high for the widest candidate reads one digit, one that is low for it reads two."""
+  canvas, _ = touching_pair()
+  for sign, expected in ((1.0, "0"), (-1.0, "00")):
+    def widest_is_whole(pieces, segments, sign=sign):
+      widths = np.array([pieces.boxes[b - 1, 2] - pieces.boxes[a, 0] for a, b in segments])
+      return np.where(widths == widths.max(), 20.0 * sign, -20.0 * sign * (widths < 20)) + 0.0
+
+    reading = read_number.read_number(canvas, SureOfEverything(), verifier=context_reader(),
+                                      context_fn=widest_is_whole)
+    assert reading.text == expected
 
 
 def test_without_the_context_verifier_it_was_fitted_on_the_reader_falls_back_in_one_line(tmp_path, caplog):

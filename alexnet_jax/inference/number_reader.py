@@ -9,6 +9,10 @@ candidates of strings composed from **validation** digits, each labelled by the 
 (`whole_labels`). Each candidate then scores log p(class) + log P(whole) - priors, and the weakest digit's
 score flags a reading as uncertain.
 
+Where the run has a context verifier (context_verifier.py: a small CNN that sees each candidate among its
+neighbours), the logistic regression reads its logit alone instead (recalibrating it on validation
+strings), and the priors are fitted on top of that: it reads strings better than the features do.
+
 The verifier depends on the network, so, like the calibration temperature (calibration.py), it is stored
 with the run: DIR/number_reader.json, one entry per checkpoint and weights ("ema@4296"), written under a
 lock and renamed into place. `python -m experiments.number_strings --workdir RUN --fit_verifier` fits and
@@ -53,15 +57,16 @@ def geometry(candidates: read_number.Candidates) -> np.ndarray:
 
 
 def inputs(candidates: read_number.Candidates) -> np.ndarray:
-  """(m, width + len(GEOMETRY) [+ 1]): what the verifier reads of each candidate (the context verifier's
-  logit last, where the candidates carry one)."""
+  """What the verifier reads of each candidate: the context verifier's logit alone (m, 1) where the
+  candidates carry one, else (m, width + len(GEOMETRY)) the penultimate features and the shape. (With the
+  context verifier, the features and shape beside its logit made the readings worse: the results log,
+  "The context verifier".)"""
+  if candidates.context is not None:
+    return candidates.context[:, None].astype(np.float64)
   if candidates.features is None:
     raise ValueError("the candidates carry no penultimate features: find them with "
                      "read_number.predictor_probabilities(predictor, features=True)")
-  parts = [candidates.features.astype(np.float64), geometry(candidates)]
-  if candidates.context is not None:
-    parts.append(candidates.context[:, None])
-  return np.concatenate(parts, axis=1)
+  return np.concatenate([candidates.features.astype(np.float64), geometry(candidates)], axis=1)
 
 
 def whole_labels(boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
@@ -120,7 +125,7 @@ class NumberReader:
   bias: float
   priors: read_number.Priors = read_number.PRIORS
   uncertain_below: float = read_number.UNCERTAIN_BELOW
-  context: bool = False  # whether it reads the context verifier's logit (stored in RUN/context_verifier)
+  context: bool = False  # whether it reads the context verifier's logit (RUN/context_verifier), not features
 
   def log_whole(self, candidates: read_number.Candidates) -> np.ndarray:
     """(m,): log P(each candidate is one whole digit)."""
@@ -227,11 +232,11 @@ def for_predictor(predictor: Any) -> tuple[read_number.ProbabilitiesFn, dict[str
                     "experiments.number_strings --workdir RUN --fit_verifier fits one)", predictor.workdir,
                     calibration.entry_key(predictor.weights, predictor.checkpoint_step))
     return read_number.predictor_probabilities(predictor), {}
-  options = reader.options()
-  if reader.context:
-    try:
-      options["context_fn"] = context_verifier.stored_candidate_logits(predictor.workdir)
-    except ValueError as e:
-      logging.warning("%s: numbers read with the priors alone", e)
-      return read_number.predictor_probabilities(predictor), {}
-  return read_number.predictor_probabilities(predictor, features=True), options
+  if not reader.context:
+    return read_number.predictor_probabilities(predictor, features=True), reader.options()
+  try:
+    context_fn = context_verifier.stored_candidate_logits(predictor.workdir)
+  except ValueError as e:
+    logging.warning("%s: numbers read with the priors alone", e)
+    return read_number.predictor_probabilities(predictor), {}
+  return read_number.predictor_probabilities(predictor), {**reader.options(), "context_fn": context_fn}
