@@ -6,8 +6,8 @@ tail itself, looks like a whole digit there, and so does a 5 missing the 1 that 
 piece of ink is a whole digit shows in what lies around it. So each candidate is shown here as a window on
 the string (`context_views`): TALL digit heights high, centred on the candidate's box, with two channels,
 all the ink in the window and the candidate's own ink. A three-layer CNN (`ContextNet`) reads the window
-and gives the logit of P(one whole digit); `number_reader`'s verifier takes it as one more input beside
-the digit network's penultimate features.
+and gives the logit of P(one whole digit); `number_reader`'s verifier reads it (recalibrated on
+validation strings) in place of the digit network's penultimate features.
 
 It is trained on the candidates of strings composed from the run's **training** digits (never validation
 or test), labelled as the verifier's are (`number_reader.whole_labels`):
@@ -37,7 +37,7 @@ ROWS, COLS = 24, 40  # the window, in samples: 1.6 digit heights high, 2.67 wide
 TALL = 1.6  # digit heights the window spans vertically: the candidate and a little of its line
 FEATURES = (16, 32, 64)  # channels of the three convolutions (each followed by 2x2 max-pooling)
 DENSE = 128
-BATCH = 256  # one view is 3.8 KB in float16: a batch of views stays small
+BATCH = 256  # views per step and per call: a 5-digit string has about 100-200 candidates
 
 
 class ContextNet(nn.Module):

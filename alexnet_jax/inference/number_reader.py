@@ -158,7 +158,7 @@ class NumberReader:
 
 def fit_verifier(x: np.ndarray, y: np.ndarray, l2: float, context: bool = False) -> NumberReader:
   """The verifier of candidates `x` (inputs) labelled `y` (whole or not), inputs standardised on them;
-  `context`: the last input is the context verifier's logit."""
+  `context`: the one input is the context verifier's logit."""
   mean, scale = _standardisation(x)
   weights, bias = fit_logistic((x - mean) / scale, y, l2)
   return NumberReader(mean, scale, weights, bias, context=context)
