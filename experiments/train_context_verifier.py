@@ -1,7 +1,7 @@
 """Trains a run's context verifier (alexnet_jax/inference/context_verifier.py) on strings of its training
 digits, and stores it in RUN/context_verifier:
 
-  python -m experiments.train_context_verifier --workdir RUN [--count 3000] [--epochs 2] [--seed 0]
+  python -m experiments.train_context_verifier --workdir RUN [--count 5000] [--epochs 3] [--seed 0]
 
 The strings are composed as `experiments.number_strings` composes its benchmark (every spacing class, half
 of them on paper, 5 to 10 digits), but from the run's **training** split (its validation digits excluded,
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   cli.define_trained_run()
-  flags.DEFINE_integer("count", 3000, "Training strings to compose.")
-  flags.DEFINE_integer("epochs", 2, "Passes over their candidates.")
+  flags.DEFINE_integer("count", 5000, "Training strings to compose.")
+  flags.DEFINE_integer("epochs", 3, "Passes over their candidates.")
   flags.DEFINE_integer("seed", 0, "Seeds the strings, the initialisation and the order of the candidates.")
   app.run(main)

@@ -71,7 +71,7 @@ def context_views(pieces: read_number.Pieces, segments: np.ndarray) -> np.ndarra
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSettings:
-  epochs: int = 2
+  epochs: int = 3
   learning_rate: float = 2e-3  # Adam, cosine-decayed to 0 over the whole run
   batch_size: int = BATCH
   seed: int = 0
