@@ -77,7 +77,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.define_trained_run()
+  # The digit network is not read here: only the run's config (its data split) and its folder.
+  flags.DEFINE_string("workdir", None, "A training run's workdir: its training digits, and where to store.")
+  flags.mark_flag_as_required("workdir")
   flags.DEFINE_integer("count", 5000, "Training strings to compose.")
   flags.DEFINE_integer("epochs", 3, "Passes over their candidates.")
   flags.DEFINE_integer("seed", 0, "Seeds the strings, the initialisation and the order of the candidates.")
