@@ -30,20 +30,21 @@ HELD_OUT = 10  # every HELD_OUT-th string is held out to report on
 
 def labelled_views(images: np.ndarray, labels: np.ndarray, count: int, seed: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Views, whole-digit labels and the index of the string of every candidate of `count` composed
-  strings."""
-  views, whole, index_of = [], [], []
+  """Views, digits (the class of a whole digit, -1 for a fragment or a merge) and the index of the string
+  of every candidate of `count` composed strings."""
+  views, digits, index_of = [], [], []
   for index in range(count):
     spacing, rendering = number_strings.kind_of(index, paper=True)
     rng = np.random.default_rng([seed, index, TRAINING_STREAM])
-    image, _, true_boxes = number_strings.make_string(images, labels, rng, spacing, rendering)
+    image, truth, true_boxes = number_strings.make_string(images, labels, rng, spacing, rendering)
     pieces = read_number.cut_into_pieces(image)
     segments = np.array(read_number.candidate_segments(pieces), np.int64)
     boxes = np.array([read_number.union_box(pieces.boxes[a:b]) for a, b in segments])
     views.append(context_verifier.context_views(pieces, segments))
-    whole.append(number_reader.whole_labels(boxes, true_boxes))
+    matched = number_reader.matched_digits(boxes, true_boxes)
+    digits.append(np.where(matched >= 0, np.array([int(d) for d in truth])[np.maximum(matched, 0)], -1))
     index_of.append(np.full(len(segments), index))
-  return np.concatenate(views), np.concatenate(whole), np.concatenate(index_of)
+  return np.concatenate(views), np.concatenate(digits), np.concatenate(index_of)
 
 
 def training_digits(workdir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -54,26 +55,29 @@ def training_digits(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def held_out_figures(params: dict, views: np.ndarray, whole: np.ndarray) -> dict[str, float]:
-  logits = context_verifier.logits_fn(params)(views)
-  p = 1.0 / (1.0 + np.exp(-logits))
-  return number_reader.held_out_figures_of(p, whole)
+def held_out_figures(params: dict, views: np.ndarray, digits: np.ndarray) -> dict[str, float]:
+  """The whole-or-not log-loss and accuracy, and how often the whole digits are read right."""
+  outputs = context_verifier.logits_fn(params)(views)
+  whole = digits >= 0
+  figures = number_reader.held_out_figures_of(1.0 / (1.0 + np.exp(-outputs[:, 0])), whole)
+  return {**figures, "digits_read": float(np.mean(outputs[whole, 1:].argmax(axis=1) == digits[whole]))}
 
 
 def main(argv: list[str]) -> None:
   del argv
   cli.quiet_libraries()
   start = time.perf_counter()
-  views, whole, index_of = labelled_views(*training_digits(FLAGS.workdir), FLAGS.count, FLAGS.seed)
+  views, digits, index_of = labelled_views(*training_digits(FLAGS.workdir), FLAGS.count, FLAGS.seed)
   held = index_of % HELD_OUT == HELD_OUT - 1
-  print(f"{FLAGS.count} training strings: {len(whole):,} candidates, {whole.mean():.1%} whole "
+  print(f"{FLAGS.count} training strings: {len(digits):,} candidates, {np.mean(digits >= 0):.1%} whole "
         f"({time.perf_counter() - start:.0f} s)")
   settings = context_verifier.TrainingSettings(epochs=FLAGS.epochs, seed=FLAGS.seed)
-  params = context_verifier.train(views[~held], whole[~held], settings)
-  figures = held_out_figures(params, views[held], whole[held])
+  params = context_verifier.train(views[~held], digits[~held], settings)
+  figures = held_out_figures(params, views[held], digits[held])
   path = context_verifier.save(FLAGS.workdir, params)
-  print(f"held-out strings ({held.sum():,} candidates): log-loss {figures['log_loss']:.4f}, accuracy "
-        f"{figures['accuracy']:.2%}; stored in {path} ({time.perf_counter() - start:.0f} s in all)")
+  print(f"held-out strings ({held.sum():,} candidates): whole or not: log-loss {figures['log_loss']:.4f}, "
+        f"accuracy {figures['accuracy']:.2%}; whole digits read right {figures['digits_read']:.2%}; stored "
+        f"in {path} ({time.perf_counter() - start:.0f} s in all)")
 
 
 if __name__ == "__main__":

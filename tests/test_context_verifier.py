@@ -44,24 +44,32 @@ def test_a_window_is_centred_on_its_candidate_and_its_second_channel_holds_only_
 
 
 def toy_views(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Noise, with the candidate's channel lit in the left half (whole) or the right half (not)."""
+  """Noise, with the candidate's channel lit in the left half (whole) or the right half (not), and for a
+  whole one the digit d a band of rows 2d..2d+1 lit in the other channel."""
   rng = np.random.default_rng(seed)
   views = rng.uniform(0, 0.3, (count, ROWS, COLS, 2)).astype(np.float32)
   whole = rng.random(count) < 0.5
+  digits = np.where(whole, rng.integers(0, 10, count), -1)
   views[whole, :, :COLS // 2, 1] += 0.7
   views[~whole, :, COLS // 2:, 1] += 0.7
-  return views, whole
+  for index in np.flatnonzero(whole):
+    views[index, 2 * digits[index]:2 * digits[index] + 2, :, 0] += 0.7
+  return views, digits
 
 
-def test_training_learns_and_the_same_seed_gives_the_same_bits():
-  views, whole = toy_views(1024, 0)
+def test_training_learns_both_tasks_and_the_same_seed_gives_the_same_bits():
+  views, digits = toy_views(2048, 0)
   settings = context_verifier.TrainingSettings(epochs=3, seed=3)
-  params = context_verifier.train(views, whole, settings, log=lambda _: None)
-  held_views, held_whole = toy_views(512, 1)
-  p = 1 / (1 + np.exp(-context_verifier.logits_fn(params)(held_views)))
-  assert number_reader.held_out_figures_of(p, held_whole)["accuracy"] > 0.95
-  again = context_verifier.train(views, whole, settings, log=lambda _: None)
-  other = context_verifier.train(views, whole, context_verifier.TrainingSettings(epochs=3, seed=4),
+  params = context_verifier.train(views, digits, settings, log=lambda _: None)
+  held_views, held_digits = toy_views(512, 1)
+  outputs = context_verifier.logits_fn(params)(held_views)
+  assert outputs.shape == (512, 1 + context_verifier.DIGITS)
+  p = 1 / (1 + np.exp(-outputs[:, 0]))
+  assert number_reader.held_out_figures_of(p, held_digits >= 0)["accuracy"] > 0.95
+  whole = held_digits >= 0
+  assert np.mean(outputs[whole, 1:].argmax(axis=1) == held_digits[whole]) > 0.9
+  again = context_verifier.train(views, digits, settings, log=lambda _: None)
+  other = context_verifier.train(views, digits, context_verifier.TrainingSettings(epochs=3, seed=4),
                                  log=lambda _: None)
   leaves = [np.asarray(x) for x in _leaves(params)]
   assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(leaves, _leaves(again), strict=True))
@@ -74,10 +82,20 @@ def _leaves(params):
   return jax.tree_util.tree_leaves(params)
 
 
+def test_the_loss_reads_the_digit_of_whole_candidates_only():
+  outputs = np.zeros((2, 1 + context_verifier.DIGITS), np.float32)
+  outputs[:, 1 + 3] = 5.0  # both read as a 3
+  sure_three = float(context_verifier.loss(outputs, np.array([3, -1])))
+  sure_wrong = float(context_verifier.loss(outputs, np.array([4, -1])))
+  fragment = float(context_verifier.loss(outputs, np.array([-1, -1])))
+  assert sure_wrong - sure_three == pytest.approx(5.0 / 2, rel=1e-5)  # 5 nats more, on 1 of 2 candidates
+  assert fragment == pytest.approx(np.log(2.0), rel=1e-5)  # logit 0: log 2 each, and no digit read
+
+
 def test_fewer_candidates_than_a_batch_are_refused():
-  views, whole = toy_views(10, 0)
+  views, digits = toy_views(10, 0)
   with pytest.raises(ValueError, match="fewer than one batch"):
-    context_verifier.train(views, whole)
+    context_verifier.train(views, digits)
 
 
 def untrained(seed: int = 0) -> dict:
@@ -116,9 +134,12 @@ def test_a_reader_fitted_on_the_context_verifier_reads_with_the_stored_one(tmp_p
   probabilities_fn, options = number_reader.for_predictor(FakePredictor(str(tmp_path)))
   canvas, _ = touching_pair()
   candidates = read_number.find_candidates(canvas, probabilities_fn, options["context_fn"])
-  expected = context_verifier.logits_fn(params)(context_verifier.context_views(candidates.pieces,
-                                                                               candidates.segments))
+  outputs = context_verifier.logits_fn(params)(context_verifier.context_views(candidates.pieces,
+                                                                              candidates.segments))
+  expected = outputs[:, 0]
   assert np.array_equal(candidates.context, expected) and candidates.features is None
+  network = read_number.find_candidates(canvas, probabilities_fn).probabilities
+  assert np.array_equal(candidates.probabilities, read_number.read_in_context(network, outputs[:, 1:]))
   assert np.array_equal(number_reader.inputs(candidates), expected[:, None])
   assert np.array_equal(context_reader().log_whole(candidates), -np.logaddexp(0.0, -expected))
   reading = read_number.read_number(canvas, probabilities_fn, **options)
@@ -133,7 +154,8 @@ def test_the_context_logit_decides_between_a_merge_and_its_two_halves():
   for sign, expected in ((1.0, "0"), (-1.0, "00")):
     def widest_is_whole(pieces, segments, sign=sign):
       widths = np.array([pieces.boxes[b - 1, 2] - pieces.boxes[a, 0] for a, b in segments])
-      return np.where(widths == widths.max(), 20.0 * sign, -20.0 * sign * (widths < 20)) + 0.0
+      logits = np.where(widths == widths.max(), 20.0 * sign, -20.0 * sign * (widths < 20)) + 0.0
+      return np.column_stack([logits, np.zeros((len(logits), 10))])  # reading no digit in particular
 
     reading = read_number.read_number(canvas, SureOfEverything(), verifier=context_reader(),
                                       context_fn=widest_is_whole)
@@ -165,7 +187,8 @@ def rings_as_digits(count: int = 20) -> tuple[np.ndarray, np.ndarray]:
 
 def test_every_digit_of_a_wide_string_has_a_whole_candidate_and_a_merge_of_two_is_not_one():
   images, labels = rings_as_digits()
-  views, whole, index_of = train_context_verifier.labelled_views(images, labels, count=8, seed=0)
+  views, digits, index_of = train_context_verifier.labelled_views(images, labels, count=8, seed=0)
+  whole = digits >= 0
   assert views.shape == (len(whole), ROWS, COLS, 2) and views.dtype == np.float16
   assert set(index_of) == set(range(8))
   for index in range(0, 8, 4):  # strings 0 and 4 are wide: every digit a component of its own
@@ -174,6 +197,7 @@ def test_every_digit_of_a_wide_string_has_a_whole_candidate_and_a_merge_of_two_i
     rng = np.random.default_rng([0, index, train_context_verifier.TRAINING_STREAM])
     _, truth, _ = train_context_verifier.number_strings.make_string(images, labels, rng, "wide", "black")
     assert whole[index_of == index].sum() >= len(truth)
+    assert set(digits[(index_of == index) & whole]) == {int(d) for d in truth}  # each read as its own
   assert 0 < whole.mean() < 0.5
 
 

@@ -199,6 +199,19 @@ def test_a_blank_image_holds_no_number(value):
     read_number.read_number(np.full((40, 100), value, np.uint8), FakeRecogniser())
 
 
+def test_reading_in_context_is_the_weighted_geometric_mean_of_the_two_readings():
+  torn = np.full((1, 10), 0.02)
+  torn[0, [3, 8]] = 0.42  # the digit network cannot tell a 3 from an 8
+  says_eight = np.zeros((1, 10))
+  says_eight[0, 8] = 3.0
+  combined = read_number.read_in_context(torn, says_eight)
+  assert combined.sum() == pytest.approx(1.0) and combined.argmax() == 8
+  assert combined[0, 8] / combined[0, 3] == pytest.approx(np.exp(1.5))  # e^3 to the power 0.5
+  assert np.allclose(read_number.read_in_context(torn, says_eight, weight=0.0), torn)
+  no_opinion = read_number.read_in_context(torn, np.zeros((1, 10)))
+  assert np.allclose(no_opinion, np.sqrt(torn) / np.sqrt(torn).sum())
+
+
 def test_otsu_threshold_separates_two_levels():
   values = np.concatenate([np.full(900, 0.1), np.full(100, 0.8)])
   assert 0.1 <= read_number.otsu_threshold(values) < 0.8

@@ -33,8 +33,8 @@ from absl import logging
 from alexnet_jax.inference import calibration, context_verifier, read_number
 
 READER_FILE = "number_reader.json"
-WHOLE_IOU = 0.75  # a candidate is one whole digit when its box overlaps one true digit's this much
-BOX_SLACK = 1  # px: the binarised ink's box is about this much inside the box of all non-zero pixels
+WHOLE_IOU = 0.8  # a candidate is one whole digit when its box overlaps one true digit's this much
+BOX_SLACK = 1  # px: the binarised ink's box edges lie about this close to those of all non-zero pixels
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # per-example weight of 0.5 * |w|^2, chosen on held-out strings
 MAX_ITERATIONS = 300
 # The candidate's shape beside its features (sizes in digit heights): what the priors weigh, and more.
@@ -70,23 +70,33 @@ def inputs(candidates: read_number.Candidates) -> np.ndarray:
 
 
 def whole_labels(boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
-  """(m,) bool: candidate boxes (x0, y0, x1, y1; `Candidates.boxes`) that are one true digit's box ([x, y,
-  w, h] each; IoU at least WHOLE_IOU, the candidate's box widened by BOX_SLACK) and hold no other true
-  digit's centre; the rest are fragments or merges."""
+  """(m,) bool: whether each candidate is one whole digit (`matched_digits`)."""
+  return matched_digits(boxes, true_boxes) >= 0
+
+
+def matched_digits(boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
+  """(m,) int: which true digit each candidate box (x0, y0, x1, y1; `Candidates.boxes`) is, or -1 for a
+  fragment or a merge. A candidate is true digit k when its box is k's box ([x, y, w, h]; IoU at least
+  WHOLE_IOU once each of its edges is moved up to BOX_SLACK toward k's) and holds no other digit's centre."""
   truth = np.asarray(true_boxes, np.float64).reshape(-1, 4)
-  tx0, ty0 = truth[:, 0], truth[:, 1]
-  tx1, ty1 = tx0 + truth[:, 2], ty0 + truth[:, 3]
-  slack = np.array([-BOX_SLACK, -BOX_SLACK, BOX_SLACK, BOX_SLACK])
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4) + slack
-  x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))
+  true_edges = np.stack([truth[:, 0], truth[:, 1], truth[:, 0] + truth[:, 2], truth[:, 1] + truth[:, 3]], 1)
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  # (m, digits, 4): the binarised ink's edges lie within a pixel or so of those of all its non-zero pixels,
+  # inside or (where a halo pixel is binarised) on them; a fixed widening would fail a box that is exact.
+  edges = boxes[:, None, :] + np.clip(true_edges[None] - boxes[:, None, :], -BOX_SLACK, BOX_SLACK)
+  x0, y0, x1, y1 = np.moveaxis(edges, -1, 0)
+  tx0, ty0, tx1, ty1 = true_edges.T
   overlap = np.clip(np.minimum(x1, tx1) - np.maximum(x0, tx0), 0, None) * np.clip(
       np.minimum(y1, ty1) - np.maximum(y0, ty0), 0, None)
   union = (x1 - x0) * (y1 - y0) + (tx1 - tx0) * (ty1 - ty0) - overlap
   iou = overlap / union
   cx, cy = (tx0 + tx1) / 2, (ty0 + ty1) / 2
-  holds = (x0 <= cx) & (cx < x1) & (y0 <= cy) & (cy < y1)  # (m, digits): whose centres each box holds
+  bx0, by0, bx1, by1 = (boxes[:, i, None] + d for i, d in enumerate((-BOX_SLACK, -BOX_SLACK, BOX_SLACK,
+                                                                     BOX_SLACK)))
+  holds = (bx0 <= cx) & (cx < bx1) & (by0 <= cy) & (cy < by1)  # (m, digits): whose centres each box holds
   matched = iou >= WHOLE_IOU
-  return (matched.sum(axis=1) == 1) & (holds.sum(axis=1) == 1) & (matched & holds).any(axis=1)
+  whole = (matched.sum(axis=1) == 1) & (holds.sum(axis=1) == 1) & (matched & holds).any(axis=1)
+  return np.where(whole, matched.argmax(axis=1), -1)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:

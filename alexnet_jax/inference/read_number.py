@@ -109,9 +109,12 @@ PRIORS = Priors()
 
 # Images in MNIST form -> probabilities (N, 10), or (probabilities, penultimate features (N, width)).
 ProbabilitiesFn = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]]
-# The pieces and the candidate segments (m, 2) -> (m,) logits of a verifier that sees each candidate in its
-# surroundings (context_verifier.py).
+# The pieces and the candidate segments (m, 2) -> (m, 11) outputs of a network that sees each candidate in
+# its surroundings (context_verifier.py): the logit of P(one whole digit), then the digit's 10 logits.
 ContextFn = Callable[["Pieces", np.ndarray], np.ndarray]
+# How much the context network's reading of a candidate weighs against the digit network's (geometric mean
+# of the two distributions): chosen on validation strings (docs/results/evaluation.md).
+CONTEXT_READING = 0.5
 
 
 class Verifier(Protocol):
@@ -181,7 +184,7 @@ class Candidates:
   cut_width: np.ndarray  # (n + 1,): that component's width
   crossings: np.ndarray  # (n + 1,): strokes the cut crosses
   features: np.ndarray | None = None  # (m, width): the network's penultimate layer, where asked for
-  context: np.ndarray | None = None  # (m,): the context verifier's logits, where one was given
+  context: np.ndarray | None = None  # (m,): the context network's whole-digit logits, where one was given
 
   def segment_scores(self, priors: Priors, verifier: Verifier | None = None) -> np.ndarray:
     """(m,): log-probability of the read digit plus the log-prior of the segment (and the verifier's
@@ -377,16 +380,30 @@ def _side_by_side(pieces: Pieces, first: int, stop: int) -> int:
 def find_candidates(image: np.ndarray, probabilities_fn: ProbabilitiesFn, context_fn: ContextFn | None = None
                     ) -> Candidates:
   """Steps 1-4: the pieces, the candidate digits and the network's reading of them all in one call (and
-  the context verifier's judgement of them, in another)."""
+  the context network's judgement and reading of them, in another: the probabilities are then the
+  geometric mean of both readings, `read_in_context`)."""
   pieces = cut_into_pieces(image)
   segments = np.array(candidate_segments(pieces), np.int64)
   batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
   output = probabilities_fn(batch)
   probabilities, features = output if isinstance(output, tuple) else (output, None)
-  candidates = measured(pieces, segments, np.asarray(probabilities, np.float64))
+  probabilities, context = np.asarray(probabilities, np.float64), None
+  if context_fn is not None:
+    outputs = np.asarray(context_fn(pieces, segments), np.float64)
+    probabilities, context = read_in_context(probabilities, outputs[:, 1:]), outputs[:, 0]
+  candidates = measured(pieces, segments, probabilities)
   return dataclasses.replace(
-      candidates, features=None if features is None else np.asarray(features, np.float32),
-      context=None if context_fn is None else np.asarray(context_fn(pieces, segments), np.float64))
+      candidates, features=None if features is None else np.asarray(features, np.float32), context=context)
+
+
+def read_in_context(probabilities: np.ndarray, context_logits: np.ndarray, weight: float = CONTEXT_READING
+                    ) -> np.ndarray:
+  """(m, 10): the digit network's probabilities and the context network's (its logits) combined as a
+  weighted geometric mean, renormalised: a product of experts, each sure only where the other agrees."""
+  log_context = context_logits - np.logaddexp.reduce(context_logits, axis=1, keepdims=True)
+  combined = (1 - weight) * np.log(np.maximum(probabilities, 1e-30)) + weight * log_context
+  combined -= combined.max(axis=1, keepdims=True)
+  return np.exp(combined) / np.exp(combined).sum(axis=1, keepdims=True)
 
 
 def measured(pieces: Pieces, segments: np.ndarray, probabilities: np.ndarray) -> Candidates:
