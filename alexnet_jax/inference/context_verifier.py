@@ -167,14 +167,36 @@ def exists(workdir: str) -> bool:
 
 
 def load(workdir: str) -> dict[str, Any]:
-  """The stored parameters; ValueError naming the folder when they are missing or cannot be read."""
+  """The stored parameters; ValueError naming the folder when they are missing, cannot be read, or are of
+  another shape (one stored before the digit head was added)."""
   path = _directory(workdir)
   if not exists(workdir):
     raise ValueError(f"{path}: no context verifier stored (python -m experiments.train_context_verifier "
                      f"--workdir {workdir} trains one)")
+  retrain = f"train it again: python -m experiments.train_context_verifier --workdir {workdir}"
   target = ContextNet().init(jax.random.key(0), jnp.zeros((1, ROWS, COLS, 2)))
   try:
     with ocp.StandardCheckpointer() as checkpointer:
+      # Compared before restoring: a restore that fails on a shape leaves Orbax's threads to complain at exit.
+      stored = getattr(checkpointer.metadata(path), "item_metadata", None)
+      if stored is None:
+        raise _unreadable(path, ValueError("no metadata of its arrays"), retrain)
+      if _shapes(getattr(stored, "tree", stored)) != _shapes(target):
+        raise ValueError(f"{path}: the context verifier stored there is of another shape; {retrain}")
       return jax.device_get(checkpointer.restore(path, target))
+  except ValueError as e:
+    if str(e).startswith(path):
+      raise
+    raise _unreadable(path, e, retrain) from None
   except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged or foreign folder
-    raise ValueError(f"{path}: the context verifier cannot be read ({type(e).__name__}: {e})") from None
+    raise _unreadable(path, e, retrain) from None
+
+
+def _shapes(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda leaf: tuple(getattr(leaf, "shape", ())), tree)
+
+
+def _unreadable(path: str, error: Exception, retrain: str) -> ValueError:
+  first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return ValueError(f"{path}: the context verifier cannot be read ({type(error).__name__}: {first_line}); "
+                    f"{retrain}")
