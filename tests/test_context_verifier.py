@@ -149,7 +149,12 @@ def test_a_reader_fitted_on_the_context_verifier_reads_with_the_stored_one(tmp_p
   expected = outputs[:, 0]
   assert np.array_equal(candidates.context, expected) and candidates.features is None
   network = read_number.find_candidates(canvas, probabilities_fn).probabilities
-  assert np.array_equal(candidates.probabilities, read_number.read_in_context(network, outputs[:, 1:]))
+  cuts = read_number.component_cuts(candidates.pieces)
+  cut = cuts[candidates.segments[:, 0]] | cuts[candidates.segments[:, 1]]
+  assert cut.any() and not cut.all()  # the pair is one component, cut; the whole pair is not
+  assert np.array_equal(candidates.probabilities[~cut], network[~cut])  # read by the digit network alone
+  assert np.array_equal(candidates.probabilities[cut],
+                        read_number.read_in_context(network[cut], outputs[cut, 1:]))
   assert np.array_equal(number_reader.inputs(candidates), expected[:, None])
   assert np.array_equal(context_reader().log_whole(candidates), -np.logaddexp(0.0, -expected))
   reading = read_number.read_number(canvas, probabilities_fn, **options)

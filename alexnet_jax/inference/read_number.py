@@ -112,8 +112,11 @@ ProbabilitiesFn = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarr
 # The pieces and the candidate segments (m, 2) -> (m, 11) outputs of a network that sees each candidate in
 # its surroundings (context_verifier.py): the logit of P(one whole digit), then the digit's 10 logits.
 ContextFn = Callable[["Pieces", np.ndarray], np.ndarray]
-# How much the context network's reading of a candidate weighs against the digit network's (geometric mean
-# of the two distributions): chosen on validation strings (docs/results/evaluation.md).
+# How much the context network's reading of a candidate cut from a wider component weighs against the digit
+# network's (a geometric mean of the two distributions). Candidates of whole components are read by the
+# digit network alone: the context network reads them worse (its window is coarser), and a cut is where a
+# neighbour's strokes are left in or a digit's own taken out. Weights 0.5, 0.7 and 1 read validation
+# strings within 3 in 600 of each other, 1 worse (docs/results/evaluation.md): equal weights were kept.
 CONTEXT_READING = 0.5
 
 
@@ -380,17 +383,20 @@ def _side_by_side(pieces: Pieces, first: int, stop: int) -> int:
 def find_candidates(image: np.ndarray, probabilities_fn: ProbabilitiesFn, context_fn: ContextFn | None = None
                     ) -> Candidates:
   """Steps 1-4: the pieces, the candidate digits and the network's reading of them all in one call (and
-  the context network's judgement and reading of them, in another: the probabilities are then the
-  geometric mean of both readings, `read_in_context`)."""
+  the context network's judgement and reading of them, in another: the probabilities of a candidate cut
+  from a wider component are then the geometric mean of both readings, `read_in_context`)."""
   pieces = cut_into_pieces(image)
   segments = np.array(candidate_segments(pieces), np.int64)
   batch = np.stack([digit_image.preprocess(segment_image(pieces, *s)) for s in segments])
   output = probabilities_fn(batch)
   probabilities, features = output if isinstance(output, tuple) else (output, None)
-  probabilities, context = np.asarray(probabilities, np.float64), None
+  probabilities, context = np.array(probabilities, np.float64), None  # a copy: cut ones are rewritten
   if context_fn is not None:
     outputs = np.asarray(context_fn(pieces, segments), np.float64)
-    probabilities, context = read_in_context(probabilities, outputs[:, 1:]), outputs[:, 0]
+    cuts = component_cuts(pieces)
+    cut = cuts[segments[:, 0]] | cuts[segments[:, 1]]
+    probabilities[cut] = read_in_context(probabilities[cut], outputs[cut, 1:])
+    context = outputs[:, 0]
   candidates = measured(pieces, segments, probabilities)
   return dataclasses.replace(
       candidates, features=None if features is None else np.asarray(features, np.float32), context=context)
@@ -413,14 +419,20 @@ def measured(pieces: Pieces, segments: np.ndarray, probabilities: np.ndarray) ->
   tall = (boxes[:, 3] - boxes[:, 1]) / pieces.height
   mean, std = DIGIT_ASPECT[probabilities.argmax(axis=1)].T
   side_by_side = np.array([_side_by_side(pieces, first, stop) for first, stop in segments], float)
-  cut = np.zeros(len(pieces.boxes) + 1, bool)
-  cut[1:-1] = pieces.component[1:] == pieces.component[:-1]
+  cut = component_cuts(pieces)
   cut_width, crossings = np.zeros(len(cut)), np.zeros(len(cut))
   cut_width[1:-1] = pieces.component_width[1:] / pieces.height
   crossings[1:-1] = pieces.crossings[1:]
   aspect_z, width_z = np.abs(np.log(width / tall) - mean) / std, np.abs(np.log(width) - mean) / std
   return Candidates(pieces, segments, probabilities, boxes, width, tall, side_by_side, aspect_z, width_z,
                     cut=cut, cut_width=cut_width, crossings=crossings)
+
+
+def component_cuts(pieces: Pieces) -> np.ndarray:
+  """(n + 1,) bool: whether the boundary before piece i (i = n: after the last) cuts through a component."""
+  cut = np.zeros(len(pieces.boxes) + 1, bool)
+  cut[1:-1] = pieces.component[1:] == pieces.component[:-1]
+  return cut
 
 
 def best_path(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarray, boundaries: np.ndarray
