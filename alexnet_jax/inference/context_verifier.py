@@ -9,7 +9,8 @@ window on the string (`context_views`): TALL digit heights high, centred on the 
 channels, all the ink in the window and the candidate's own ink. A three-layer CNN (`ContextNet`) reads the
 window and gives the logit of P(one whole digit) and the logits of its digit. `number_reader`'s verifier
 reads the first (recalibrated on validation strings) in place of the digit network's penultimate features;
-`read_number.read_in_context` combines the second with the digit network's reading.
+`read_number.read_in_context` combines the second with the digit network's reading of the candidates cut
+from a wider component.
 
 It is trained on the candidates of strings composed from the run's **training** digits (never validation
 or test), labelled as the verifier's are (`number_reader.matched_digits`):

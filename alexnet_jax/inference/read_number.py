@@ -27,7 +27,8 @@ With a `verifier` (number_reader.py: a per-run classifier of the network's penul
 candidate's shape, fitted on validation strings), each candidate also scores log P(one whole digit), so
 that a confident reading of a fragment or of two merged digits no longer wins the path. A verifier fitted
 with a `context_fn` (context_verifier.py: a small network that sees each candidate among its neighbours)
-reads that network's judgement instead of the features.
+reads that network's judgement instead of the features, and a candidate cut from a wider component is read
+by both networks (`read_in_context`).
 """
 
 from __future__ import annotations
