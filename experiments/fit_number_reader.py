@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from alexnet_jax.inference import number_reader, read_number
+from alexnet_jax.inference import digit_image, number_reader, read_number
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -26,13 +26,17 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def read_strings(strings: list[dict], priors: read_number.Priors = read_number.PRIORS,
-                 verifier: read_number.Verifier | None = None) -> list[dict]:
-  """Each string's reading under `priors` (and `verifier`): one record each (the image kept for
-  drawing)."""
+                 verifier: read_number.Verifier | None = None, known_length: bool = False) -> list[dict]:
+  """Each string's reading under `priors` (and `verifier`; with `known_length`, as exactly as many digits
+  as it has): one record each (the image kept for drawing)."""
   records = []
   for string in strings:
     candidates = string["candidates"]
-    path = read_number.choose_path(candidates, priors, verifier)
+    length = len(string["truth"]) if known_length else None
+    try:
+      path = read_number.choose_path(candidates, priors, verifier, length)
+    except digit_image.ImageError:  # no segmentation of that length: the free one (so of another) is wrong
+      path = read_number.choose_path(candidates, priors, verifier)
     reading = read_number.reading_of(candidates, path)
     truth = string["truth"]
     records.append({key: string[key] for key in ("index", "spacing", "rendering", "truth", "image")} | {

@@ -233,6 +233,8 @@ def define_flags() -> None:
                     "verifier where one is stored (experiments.train_context_verifier).")
   flags.DEFINE_bool("aspect_table", False, "Print read_number.DIGIT_ASPECT measured on the training split, "
                     "and stop.")
+  flags.DEFINE_bool("known_length", False, "Also read every test string as exactly as many digits as it has "
+                    "(a field of known length: read_number(..., length=N)) and report that table too.")
   flags.DEFINE_string("out", "", "Folder for results.json and worst.png (default WORKDIR/number_strings).")
 
 
@@ -273,9 +275,11 @@ def main(argv: list[str]) -> None:
     priors = fit_priors(validation_strings, priors, verifier=reader)
     print(f"fitted on {len(validation_strings)} validation strings: {priors}")
   threshold = pick_threshold(read_strings(validation_strings, priors, reader), FLAGS.target)
-  test = read_strings(find_strings(*split_arrays(splits["test"]), probabilities_fn, **settings), priors,
-                      reader)
+  test_strings = find_strings(*split_arrays(splits["test"]), probabilities_fn, **settings)
+  test = read_strings(test_strings, priors, reader)
   result = summary(test, threshold)
+  if FLAGS.known_length:
+    result["known_length"] = summary(read_strings(test_strings, priors, reader, known_length=True), threshold)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "number_strings")
   os.makedirs(out, exist_ok=True)
   draw_worst(test, os.path.join(out, "worst.png"))
@@ -285,6 +289,9 @@ def main(argv: list[str]) -> None:
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)
+  if FLAGS.known_length:
+    print("each string read as exactly as many digits as it has (read_number(..., length=N)):")
+    print_table(result["known_length"])
   print(f"results.json and worst.png in {out}")
 
 

@@ -154,6 +154,47 @@ def test_a_touching_pair_is_cut_though_the_recogniser_reads_the_merge_confidentl
   assert read_number.read_number(canvas, ReadsEverything()).text == "000"
 
 
+def _path_total(segments, scores, boundaries, path) -> float:
+  assert [segments[i][0] for i in path[1:]] == [segments[i][1] for i in path[:-1]]  # consecutive
+  assert segments[path[0]][0] == 0 and segments[path[-1]][1] == len(boundaries) - 1  # covering
+  return float(sum(scores[i] + boundaries[segments[i][1]] for i in path))
+
+
+def test_the_best_path_of_each_length_is_never_better_than_the_free_one_and_equals_it_at_its_length():
+  rng = np.random.default_rng(0)
+  pieces = 7
+  segments = [(a, b) for a in range(pieces) for b in range(a + 1, min(a + 3, pieces) + 1)]
+  for _ in range(20):
+    scores, boundaries = rng.normal(size=len(segments)), rng.normal(size=pieces + 1)
+    free = read_number.best_path(segments, scores, boundaries)
+    best = _path_total(segments, scores, boundaries, free)
+    for length in range(3, pieces + 1):  # 7 pieces in runs of at most 3: 3 to 7 segments
+      path = read_number.best_path(segments, scores, boundaries, length)
+      assert len(path) == length
+      assert _path_total(segments, scores, boundaries, path) <= best + 1e-12
+    assert _path_total(segments, scores, boundaries,
+                       read_number.best_path(segments, scores, boundaries, len(free))) == pytest.approx(best)
+
+
+def test_a_known_length_splits_what_the_free_reading_merges_and_an_impossible_one_is_refused():
+  canvas = np.zeros((50, 70), np.uint8)
+  ring(canvas, 10, 12, width=12)
+  ring(canvas, 22, 12, width=12)  # touching: one component, 0.92 digit heights wide
+
+  def sure_of_zero(images: np.ndarray) -> np.ndarray:  # merges and halves alike
+    return np.tile(_answer(0), (len(images), 1))
+
+  free = read_number.read_number(canvas, sure_of_zero)
+  assert free.text == "0"
+  assert read_number.read_number(canvas, sure_of_zero, length=1) == free
+  two = read_number.read_number(canvas, sure_of_zero, length=2)
+  assert two.text == "00"
+  (x0, _, w0, _), (x1, _, w1, _) = (d.box for d in two.digits)
+  assert x0 == 10 and x1 + w1 == 34 and x0 + w0 <= x1 + 1  # side by side, covering the pair
+  with pytest.raises(digit_image.ImageError, match="cannot be read as 50 digits"):
+    read_number.read_number(canvas, sure_of_zero, length=50)
+
+
 def test_too_many_pieces_are_refused_before_the_network_runs():
   """A hostile upload to POST /api/read: hundreds of thin strokes would make one enormous batch."""
   recogniser = FakeRecogniser()
@@ -268,3 +309,9 @@ def test_predict_number_on_the_command_line(trained_run, mnist_test, tmp_path):
   assert printed["text"] == expected.text and len(printed["digits"]) == len(expected.digits)
   assert [d["box"] for d in printed["digits"]] == [list(d.box) for d in expected.digits]
   assert printed["confidence"] == pytest.approx(expected.confidence, rel=1e-5)
+  command = [sys.executable, "-m", "alexnet_jax.predict", "--workdir", str(workdir), "--number", "--json"]
+  result = subprocess.run([*command, "--length", "6", str(path)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  six = read_number.read_number(digit_image.read_image(str(path)), probabilities_fn, length=6)
+  assert json.loads(result.stdout.strip().splitlines()[-1])["text"] == six.text and len(six.text) == 6

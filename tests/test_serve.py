@@ -285,6 +285,20 @@ def test_the_read_api_answers_as_read_number(client, predictor, mnist_test, tmp_
                                [d["probabilities"] for d in expected["digits"]], atol=1e-6, rtol=0)
 
 
+def test_a_length_asked_for_is_read_and_a_bad_or_impossible_one_is_a_400(client, predictor, mnist_test):
+  data = _png(_number_image(mnist_test))
+  grey = digit_image.decode_image(data, formats=serve.FORMATS, work_side=serve.WORK_SIDE)
+  expected = read_number.read_number(grey, read_number.predictor_probabilities(predictor), length=6)
+  response = client.post("/api/read?length=6", content=data, headers={"Content-Type": "image/png"})
+  assert response.status_code == 200, response.text
+  assert response.json()["text"] == expected.text and len(expected.text) == 6
+  for value, message in (("abc", "whole number"), ("0", "whole number"), ("-1", "whole number"),
+                         (str(serve.MAX_LENGTH + 1), "whole number"), ("99", "cannot be read as 99 digits")):
+    response = client.post(f"/api/read?length={value}", content=data, headers={"Content-Type": "image/png"})
+    assert response.status_code == 400, (value, response.text)
+    assert message in response.json()["detail"]
+
+
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG rotated by EXIF"])
 def test_a_large_number_image_is_read_with_boxes_in_its_own_pixels(client, predictor, mnist_test,
                                                                    image_format):

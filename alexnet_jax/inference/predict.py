@@ -137,6 +137,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("number", False, "Read each image as a string of digits (alexnet_jax/inference/"
                     "read_number.py): one line per image with the string, its confidence and whether it "
                     "is uncertain; with --json, the digits' probabilities and boxes too.")
+  flags.DEFINE_integer("length", None, "With --number: read exactly this many digits (a field of known "
+                       "length: a postcode, an ID number); an image that cannot be split into so many is an "
+                       "error.", lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
@@ -148,9 +151,11 @@ def main(argv: list[str]) -> None:
     predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights)
   except (checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
     sys.exit(f"error: {e}")
+  if FLAGS.length is not None and not FLAGS.number:
+    sys.exit("error: --length reads a number: give --number too")
   if FLAGS.number:
     probabilities_fn, options = number_reader.for_predictor(predictor)  # the run's verifier, if fitted
-    records = read_number.read_files(probabilities_fn, paths, **options)
+    records = read_number.read_files(probabilities_fn, paths, **options, length=FLAGS.length)
     text_line = read_number.text_line
   else:
     records, text_line = predict_files(predictor, paths), _text_line

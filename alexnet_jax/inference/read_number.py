@@ -436,10 +436,13 @@ def component_cuts(pieces: Pieces) -> np.ndarray:
   return cut
 
 
-def best_path(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarray, boundaries: np.ndarray
-              ) -> list[int]:
+def best_path(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarray, boundaries: np.ndarray,
+              length: int | None = None) -> list[int]:
   """Step 5: indices of the segments that cover the pieces once, in order, with the largest total of
-  their scores and of `boundaries[i]`, the score of a boundary before piece i (dynamic programming)."""
+  their scores and of `boundaries[i]`, the score of a boundary before piece i (dynamic programming); with
+  `length`, the best of exactly that many segments (ImageError where there is none)."""
+  if length is not None:
+    return _best_path_of_length(segments, scores, boundaries, length)
   count = len(boundaries) - 1
   best = np.full(count + 1, -np.inf)
   best[0] = 0.0
@@ -459,12 +462,40 @@ def best_path(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarr
   return path[::-1]
 
 
-def choose_path(candidates: Candidates, priors: Priors = PRIORS, verifier: Verifier | None = None) -> Path:
-  """Step 5 under `priors` (and `verifier`); cheap, so that priors can be fitted on candidates computed
-  once."""
+def _best_path_of_length(segments: np.ndarray | Sequence[tuple[int, int]], scores: np.ndarray,
+                         boundaries: np.ndarray, length: int) -> list[int]:
+  """`best_path` over segmentations of exactly `length` segments: the same recursion, with the number of
+  segments so far as a second index (best[k, i]: the best k segments covering pieces 0..i-1)."""
+  count = len(boundaries) - 1
+  segments = np.asarray(segments, np.int64).reshape(-1, 2)
+  if not 1 <= length <= count:
+    raise digit_image.ImageError(f"cannot be read as {length} digits: the ink breaks into {count} pieces")
+  best = np.full((length + 1, count + 1), -np.inf)
+  best[0, 0] = 0.0
+  came_from = np.full((length + 1, count + 1), -1)
+  for index in np.argsort(segments[:, 1], kind="stable"):  # every segment after those it can follow
+    first, stop = segments[index]
+    total = best[:-1, first] + scores[index] + boundaries[stop]
+    better = total > best[1:, stop]
+    best[1:, stop][better] = total[better]
+    came_from[1:, stop][better] = index
+  if not np.isfinite(best[length, count]):
+    raise digit_image.ImageError(f"cannot be read as {length} digits: no {length} candidate digits cover "
+                                 "the ink")
+  path, stop = [], count
+  for k in range(length, 0, -1):
+    path.append(int(came_from[k, stop]))
+    stop = int(segments[path[-1], 0])
+  return path[::-1]
+
+
+def choose_path(candidates: Candidates, priors: Priors = PRIORS, verifier: Verifier | None = None,
+                length: int | None = None) -> Path:
+  """Step 5 under `priors` (and `verifier`; of exactly `length` digits where given); cheap, so that priors
+  can be fitted on candidates computed once."""
   scores = candidates.segment_scores(priors, verifier)
   boundaries = candidates.boundary_scores(priors)
-  chosen = best_path(candidates.segments, scores, boundaries)
+  chosen = best_path(candidates.segments, scores, boundaries, length)
   first, stop = candidates.segments[chosen, 0], candidates.segments[chosen, 1]
   # The length prior is a constant per digit, not evidence against any one of them.
   digit_scores = scores[chosen] + priors.digit + boundaries[first] + boundaries[stop]
@@ -477,15 +508,17 @@ def path_text(candidates: Candidates, path: Path) -> str:
 
 def read_number(image: np.ndarray, probabilities_fn: ProbabilitiesFn,
                 uncertain_below: float = UNCERTAIN_BELOW, priors: Priors = PRIORS,
-                verifier: Verifier | None = None, *, context_fn: ContextFn | None = None) -> NumberReading:
-  """The digits of `image` (any size, (H, W) or (H, W, 1|3|4), either polarity), left to right.
+                verifier: Verifier | None = None, *, context_fn: ContextFn | None = None,
+                length: int | None = None) -> NumberReading:
+  """The digits of `image` (any size, (H, W) or (H, W, 1|3|4), either polarity), left to right; with
+  `length`, exactly that many (a field of known length: a postcode, an ID number).
 
   `probabilities_fn`: uint8 (N, 28, 28, 1) images in MNIST form -> (N, 10) probabilities (and, for a
   `verifier`, the penultimate features); called once. `context_fn`: the context verifier a `verifier` fitted
-  with one reads. Raises digit_image.ImageError when the image holds no ink, or too many pieces to be a line
-  of digits."""
+  with one reads. Raises digit_image.ImageError when the image holds no ink, too many pieces to be a line
+  of digits, or too few to be `length` digits."""
   candidates = find_candidates(image, probabilities_fn, context_fn)
-  return reading_of(candidates, choose_path(candidates, priors, verifier), uncertain_below)
+  return reading_of(candidates, choose_path(candidates, priors, verifier, length), uncertain_below)
 
 
 def reading_of(candidates: Candidates, path: Path, uncertain_below: float = UNCERTAIN_BELOW) -> NumberReading:
@@ -502,7 +535,7 @@ def reading_of(candidates: Candidates, path: Path, uncertain_below: float = UNCE
 
 def read_files(probabilities_fn: ProbabilitiesFn, paths: Sequence[str], **options) -> list[dict]:
   """One record per path, in order: {"file", **reading}, or {"file", "error"}; one bad file never stops
-  the others. `options`: read_number's (uncertain_below, priors, verifier, context_fn)."""
+  the others. `options`: read_number's (uncertain_below, priors, verifier, context_fn, length)."""
   records = []
   for path in paths:
     try:

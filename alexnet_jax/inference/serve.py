@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import os
 import sys
@@ -67,6 +68,7 @@ FORMATS = ("PNG", "JPEG")  # the only formats decoded, whatever the Content-Type
 # DECODE_WAIT_S for a slot, then gets 503.
 DECODE_SLOTS = 2
 DECODE_WAIT_S = 5.0
+MAX_LENGTH = 100  # digits POST /api/read?length=N may ask for (read_number's MAX_PIECES bounds the work)
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this: bounds the bodies being read at once
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 CLOSE = {"Connection": "close"}  # for answers sent before the body was read to its end: drop the rest
@@ -162,16 +164,17 @@ class PredictionService:
             "top_k": record["top3"], "preprocessed_png_base64": png_base64(image),
             "checkpoint_step": self.predictor.checkpoint_step}
 
-  def read_bytes(self, data: bytes, name: str = "upload") -> dict[str, Any]:
-    """The image read as a string of digits; boxes in its own pixels. Raises digit_image.ImageError as
-    `predict_bytes` does (a blank image: "no ink")."""
+  def read_bytes(self, data: bytes, name: str = "upload", length: int | None = None) -> dict[str, Any]:
+    """The image read as a string of digits (exactly `length` of them where given); boxes in its own
+    pixels. Raises digit_image.ImageError as `predict_bytes` does (a blank image: "no ink"), and where the
+    ink cannot be split into `length` digits."""
     grey = self._decode(data, name)  # at most WORK_SIDE a side: the boxes are scaled back below
 
     def probabilities(images: np.ndarray):  # the network, one request at a time
       with self._lock:
         return self._network(images)
 
-    reading = read_number.read_number(grey, probabilities, **self._read_options).to_dict()
+    reading = read_number.read_number(grey, probabilities, **self._read_options, length=length).to_dict()
     size = original_size(data, grey.shape[:2])
     if size != grey.shape[:2]:
       # The decoded side is ceil(side / factor), factor a whole number up to MAX_SIDE / (WORK_SIDE / 2): the
@@ -180,6 +183,16 @@ class PredictionService:
       for digit in reading["digits"]:
         digit["box"] = scaled_box(digit["box"], factor, size)
     return {**reading, "checkpoint_step": self.predictor.checkpoint_step}
+
+
+def length_of(request: Request) -> int | None:
+  """The `length` query parameter of POST /api/read; 400 unless a whole number from 1 to MAX_LENGTH."""
+  value = request.query_params.get("length")
+  if value is None:
+    return None
+  if not value.isdigit() or not 1 <= int(value) <= MAX_LENGTH:
+    raise HTTPException(400, f"length {value[:20]!r}: give a whole number of digits from 1 to {MAX_LENGTH}")
+  return int(value)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -230,7 +243,7 @@ def create_app(service: PredictionService) -> FastAPI:
   api = FastAPI(title="alexnet_jax", summary="Handwritten digit recognition with an AlexNet in JAX.")
   api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
   errors = {code: {"description": text, "content": {"application/json": {"example": {"detail": text}}}}
-            for code, text in ((400, "a PNG or JPEG that cannot be decoded, or no body"),
+            for code, text in ((400, "a PNG or JPEG that cannot be decoded, no body, or a bad length"),
                                (413, "body or image too large"),
                                (415, "unsupported content type, or neither PNG nor JPEG"),
                                (422, "no digit in the image"), (503, "busy: retry shortly"))}
@@ -288,12 +301,18 @@ def create_app(service: PredictionService) -> FastAPI:
     data, name = await image_of(request)
     return await decoded(service.predict_bytes, data, name)
 
+  length_parameter = {"name": "length", "in": "query", "required": False, "description": "Read exactly this "
+                      "many digits (a field of known length: a postcode's 5).",
+                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LENGTH}}
+
   @api.post("/api/read", response_model=NumberAnswer, responses=errors,
-            openapi_extra={"requestBody": request_body})
+            openapi_extra={"requestBody": request_body, "parameters": [length_parameter]})
   async def read_image(request: Request) -> dict[str, Any]:
-    """The image read as a string of digits (a postcode, an amount), each digit's box in its pixels."""
+    """The image read as a string of digits (a postcode, an amount), each digit's box in its pixels;
+    `?length=N` reads exactly N digits (a field of known length)."""
+    length = length_of(request)
     data, name = await image_of(request)
-    return await decoded(service.read_bytes, data, name)
+    return await decoded(functools.partial(service.read_bytes, length=length), data, name)
 
   return api
 
