@@ -116,8 +116,8 @@ ContextFn = Callable[["Pieces", np.ndarray], np.ndarray]
 # How much the context network's reading of a candidate cut from a wider component weighs against the digit
 # network's (a geometric mean of the two distributions). Candidates of whole components are read by the
 # digit network alone: the context network reads them worse (its window is coarser), and a cut is where a
-# neighbour's strokes are left in or a digit's own taken out. Weights 0.5, 0.7 and 1 read validation
-# strings within 3 in 600 of each other, 1 worse (docs/results/evaluation.md): equal weights were kept.
+# neighbour's strokes are left in or a digit's own taken out. Equal weights: validation strings could not
+# tell them from 0.7, and read worse at 1 (docs/results/evaluation.md).
 CONTEXT_READING = 0.5
 
 
