@@ -20,7 +20,9 @@ Reports whole-string accuracy (with Wilson's 95% interval) and per-digit accurac
 per spacing class and rendering; the uncertainty threshold is picked on strings composed the same way from
 validation digits (the lowest weakest-digit probability at which the unflagged validation strings are right
 `--target` of the time), then the test strings flagged and the accuracy of the others are reported at it.
-Writes `results.json` and `worst.png` (the most confident mistakes) to `--out` (default RUN/number_strings).
+With `--known_length`, the test strings are also read as exactly as many digits as each has (a field of
+known length: `read_number(..., length=N)`) and that table is reported too. Writes `results.json` and
+`worst.png` (the most confident mistakes) to `--out` (default RUN/number_strings).
 """
 
 from __future__ import annotations
