@@ -292,8 +292,8 @@ def test_a_length_asked_for_is_read_and_a_bad_or_impossible_one_is_a_400(client,
   response = client.post("/api/read?length=6", content=data, headers={"Content-Type": "image/png"})
   assert response.status_code == 200, response.text
   assert response.json()["text"] == expected.text and len(expected.text) == 6
-  for value, message in (("abc", "whole number"), ("0", "whole number"), ("-1", "whole number"),
-                         (str(serve.MAX_LENGTH + 1), "whole number"), ("99", "cannot be read as 99 digits")):
+  bad = ("abc", "0", "-1", "²", str(serve.MAX_LENGTH + 1))  # "²".isdigit() is true, int("²") fails
+  for value, message in (*((v, "whole number") for v in bad), ("99", "cannot be read as 99 digits")):
     response = client.post(f"/api/read?length={value}", content=data, headers={"Content-Type": "image/png"})
     assert response.status_code == 400, (value, response.text)
     assert message in response.json()["detail"]

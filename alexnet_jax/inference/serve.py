@@ -190,7 +190,7 @@ def length_of(request: Request) -> int | None:
   value = request.query_params.get("length")
   if value is None:
     return None
-  if not value.isdigit() or not 1 <= int(value) <= MAX_LENGTH:
+  if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LENGTH:  # "²".isdigit() too
     raise HTTPException(400, f"length {value[:20]!r}: give a whole number of digits from 1 to {MAX_LENGTH}")
   return int(value)
 
