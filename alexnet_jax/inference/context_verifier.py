@@ -178,26 +178,24 @@ def load(workdir: str) -> dict[str, Any]:
   target = ContextNet().init(jax.random.key(0), jnp.zeros((1, ROWS, COLS, 2)))
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      # Compared before restoring: a restore that fails on a shape leaves Orbax's threads to complain at exit.
+      # Shapes compared before restoring: a restore that fails on one leaves Orbax's threads to complain at
+      # exit.
       stored = getattr(checkpointer.metadata(path), "item_metadata", None)
-      if stored is None:
-        raise _unreadable(path, ValueError("no metadata of its arrays"), retrain)
-      if _shapes(getattr(stored, "tree", stored)) != _shapes(target):
-        raise ValueError(f"{path}: the context verifier stored there is of another shape; {retrain}")
-      return jax.device_get(checkpointer.restore(path, target))
-  except ValueError as e:
-    if str(e).startswith(path):
-      raise
-    raise _unreadable(path, e, retrain) from None
+      same = stored is not None and _shapes(getattr(stored, "tree", stored)) == _shapes(target)
+      params = jax.device_get(checkpointer.restore(path, target)) if same else None
   except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged or foreign folder
-    raise _unreadable(path, e, retrain) from None
+    raise _unreadable(path, f"{type(e).__name__}: {e}", retrain) from None
+  if stored is None:
+    raise _unreadable(path, "no metadata of its arrays", retrain)
+  if params is None:
+    raise ValueError(f"{path}: the context verifier stored there is of another shape; {retrain}")
+  return params
 
 
 def _shapes(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda leaf: tuple(getattr(leaf, "shape", ())), tree)
 
 
-def _unreadable(path: str, error: Exception, retrain: str) -> ValueError:
-  first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-  return ValueError(f"{path}: the context verifier cannot be read ({type(error).__name__}: {first_line}); "
-                    f"{retrain}")
+def _unreadable(path: str, detail: str, retrain: str) -> ValueError:
+  first_line = detail.strip().splitlines()[0] if detail.strip() else ""
+  return ValueError(f"{path}: the context verifier cannot be read ({first_line}); {retrain}")

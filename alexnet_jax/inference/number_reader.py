@@ -91,8 +91,7 @@ def matched_digits(boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
   union = (x1 - x0) * (y1 - y0) + (tx1 - tx0) * (ty1 - ty0) - overlap
   iou = overlap / union
   cx, cy = (tx0 + tx1) / 2, (ty0 + ty1) / 2
-  bx0, by0, bx1, by1 = (boxes[:, i, None] + d for i, d in enumerate((-BOX_SLACK, -BOX_SLACK, BOX_SLACK,
-                                                                     BOX_SLACK)))
+  bx0, by0, bx1, by1 = (boxes + [-BOX_SLACK, -BOX_SLACK, BOX_SLACK, BOX_SLACK]).T[..., None]
   holds = (bx0 <= cx) & (cx < bx1) & (by0 <= cy) & (cy < by1)  # (m, digits): whose centres each box holds
   matched = iou >= WHOLE_IOU
   whole = (matched.sum(axis=1) == 1) & (holds.sum(axis=1) == 1) & (matched & holds).any(axis=1)

@@ -409,8 +409,8 @@ def read_in_context(probabilities: np.ndarray, context_logits: np.ndarray, weigh
   weighted geometric mean, renormalised: a product of experts, each sure only where the other agrees."""
   log_context = context_logits - np.logaddexp.reduce(context_logits, axis=1, keepdims=True)
   combined = (1 - weight) * np.log(np.maximum(probabilities, 1e-30)) + weight * log_context
-  combined -= combined.max(axis=1, keepdims=True)
-  return np.exp(combined) / np.exp(combined).sum(axis=1, keepdims=True)
+  weights = np.exp(combined - combined.max(axis=1, keepdims=True))
+  return weights / weights.sum(axis=1, keepdims=True)
 
 
 def measured(pieces: Pieces, segments: np.ndarray, probabilities: np.ndarray) -> Candidates:
