@@ -21,8 +21,10 @@ per spacing class and rendering; the uncertainty threshold is picked on strings 
 validation digits (the lowest weakest-digit probability at which the unflagged validation strings are right
 `--target` of the time), then the test strings flagged and the accuracy of the others are reported at it.
 With `--known_length`, the test strings are also read as exactly as many digits as each has (a field of
-known length: `read_number(..., length=N)`) and that table is reported too. Writes `results.json` and
-`worst.png` (the most confident mistakes) to `--out` (default RUN/number_strings).
+known length: `read_number(..., length=N)`) and that table is reported too. The mistakes are sorted by
+what reading them right needed: better cuts, a better reading, or a better choice of path
+(experiments/number_failures.py). Writes `results.json` and `worst.png` (the most confident mistakes) to
+`--out` (default RUN/number_strings).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from PIL import Image
 from alexnet_jax import cli
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.inference import context_verifier, number_reader, predict, read_number, trained_run
+from experiments import number_failures
 from experiments.fit_number_reader import fit_priors, fit_reader, pick_threshold, read_strings
 
 FLAGS = flags.FLAGS
@@ -280,6 +283,7 @@ def main(argv: list[str]) -> None:
   test_strings = find_strings(*split_arrays(splits["test"]), probabilities_fn, **settings)
   test = read_strings(test_strings, priors, reader)
   result = summary(test, threshold)
+  result["failures"] = number_failures.diagnose(test_strings, test, priors, reader)
   if FLAGS.known_length:
     result["known_length"] = summary(read_strings(test_strings, priors, reader, known_length=True), threshold)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "number_strings")
@@ -291,6 +295,7 @@ def main(argv: list[str]) -> None:
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=1)
   print_table(result)
+  number_failures.print_failures(result["failures"])
   if FLAGS.known_length:
     print("each string read as exactly as many digits as it has (read_number(..., length=N)):")
     print_table(result["known_length"])
