@@ -1,17 +1,13 @@
 """Trains a run's context verifier (alexnet_jax/inference/context_verifier.py) on strings of its training
 digits, and stores it in RUN/context_verifier:
 
-  python -m experiments.train_context_verifier --workdir RUN [--count 5000] [--epochs 3] [--seed 0] \
-      [--members 2]
+  python -m experiments.train_context_verifier --workdir RUN [--count 5000] [--epochs 3] [--seed 0]
 
 The strings are composed as `experiments.number_strings` composes its benchmark (every spacing class, half
 of them on paper, 5 to 10 digits), but from the run's **training** split (its validation digits excluded,
 as the run's config sets them aside) and from a stream of seeds of their own. Every candidate digit the
 reader would consider is labelled whole or not by the true digits' boxes (`number_reader.whole_labels`).
-Each of the `--members` networks of the ensemble is trained on `--count` strings of its own: member k as
-`--seed` + k alone would be (its strings, initialisation and order). The last tenth of each member's
-strings is held out; the log-loss and accuracy on them of each member, and of the ensemble on all of them
-XX (strings no member was trained on). Then
+The last tenth of the strings is held out and the verifier's log-loss and accuracy on it are printed. Then
 `python -m experiments.number_strings --workdir RUN --fit_verifier` fits the number reader on top of it.
 """
 
@@ -71,33 +67,17 @@ def main(argv: list[str]) -> None:
   del argv
   cli.quiet_libraries()
   start = time.perf_counter()
-  images, labels = training_digits(FLAGS.workdir)
-  members, held_views, held_digits = [], [], []
-  for member in range(FLAGS.members):
-    seed = FLAGS.seed + member
-    views, digits, index_of = labelled_views(images, labels, FLAGS.count, seed)
-    held = index_of % HELD_OUT == HELD_OUT - 1
-    print(f"member {member + 1} of {FLAGS.members} (seed {seed}): {FLAGS.count} training strings, "
-          f"{len(digits):,} candidates, {np.mean(digits >= 0):.1%} whole "
-          f"({time.perf_counter() - start:.0f} s)")
-    settings = context_verifier.TrainingSettings(epochs=FLAGS.epochs, seed=seed)
-    members.append(context_verifier.train(views[~held], digits[~held], settings))
-    held_views.append(views[held])
-    held_digits.append(digits[held])
-    del views  # the next member's are as large
-    print_figures(f"member {member + 1}, its held-out strings", context_verifier.ensemble(members[-1:]),
-                  held_views[-1], held_digits[-1])
-  params = context_verifier.ensemble(members)
-  print_figures(f"the {FLAGS.members} members averaged, every held-out string", params,
-                np.concatenate(held_views), np.concatenate(held_digits))
+  views, digits, index_of = labelled_views(*training_digits(FLAGS.workdir), FLAGS.count, FLAGS.seed)
+  held = index_of % HELD_OUT == HELD_OUT - 1
+  print(f"{FLAGS.count} training strings: {len(digits):,} candidates, {np.mean(digits >= 0):.1%} whole "
+        f"({time.perf_counter() - start:.0f} s)")
+  settings = context_verifier.TrainingSettings(epochs=FLAGS.epochs, seed=FLAGS.seed)
+  params = context_verifier.train(views[~held], digits[~held], settings)
+  figures = held_out_figures(params, views[held], digits[held])
   path = context_verifier.save(FLAGS.workdir, params)
-  print(f"stored in {path} ({time.perf_counter() - start:.0f} s in all)")
-
-
-def print_figures(title: str, params: dict, views: np.ndarray, digits: np.ndarray) -> None:
-  figures = held_out_figures(params, views, digits)
-  print(f"{title} ({len(digits):,} candidates): whole or not: log-loss {figures['log_loss']:.4f}, accuracy "
-        f"{figures['accuracy']:.2%}; whole digits read right {figures['digits_read']:.2%}")
+  print(f"held-out strings ({held.sum():,} candidates): whole or not: log-loss {figures['log_loss']:.4f}, "
+        f"accuracy {figures['accuracy']:.2%}; whole digits read right {figures['digits_read']:.2%}; stored "
+        f"in {path} ({time.perf_counter() - start:.0f} s in all)")
 
 
 if __name__ == "__main__":
@@ -106,8 +86,5 @@ if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
   flags.DEFINE_integer("count", 5000, "Training strings to compose.")
   flags.DEFINE_integer("epochs", 3, "Passes over their candidates.")
-  flags.DEFINE_integer("seed", 0, "Seeds the first member's strings, initialisation and order of the "
-                       "candidates (member k: seed + k).")
-  flags.DEFINE_integer("members", context_verifier.MEMBERS, "Networks in the ensemble, each trained on its "
-                       "own strings.")
+  flags.DEFINE_integer("seed", 0, "Seeds the strings, the initialisation and the order of the candidates.")
   app.run(main)

@@ -62,7 +62,7 @@ def test_training_learns_both_tasks_and_the_same_seed_gives_the_same_bits():
   settings = context_verifier.TrainingSettings(epochs=3, seed=3)
   params = context_verifier.train(views, digits, settings, log=lambda _: None)
   held_views, held_digits = toy_views(512, 1)
-  outputs = context_verifier.logits_fn(context_verifier.ensemble([params]))(held_views)
+  outputs = context_verifier.logits_fn(params)(held_views)
   assert outputs.shape == (512, 1 + context_verifier.DIGITS)
   p = 1 / (1 + np.exp(-outputs[:, 0]))
   assert number_reader.held_out_figures_of(p, held_digits >= 0)["accuracy"] > 0.95
@@ -105,23 +105,10 @@ def untrained(seed: int = 0) -> dict:
   return context_verifier.ContextNet().init(jax.random.key(seed), jnp.zeros((1, ROWS, COLS, 2)))
 
 
-def test_the_ensemble_reads_the_mean_of_its_members_outputs():
-  members = [untrained(seed) for seed in (1, 2)]
-  views, _ = toy_views(300, 0)  # more than a batch: the last one padded
-  alone = [context_verifier.logits_fn(context_verifier.ensemble([m]))(views) for m in members]
-  together = context_verifier.logits_fn(context_verifier.ensemble(members))(views)
-  assert together.shape == (300, 1 + context_verifier.DIGITS) and not np.allclose(alone[0], alone[1])
-  # One program for two members against one for each: float32 sums of up to 3 * 3 * 64 products, each
-  # rounded to 2**-24 relative, may part in the last bits.
-  np.testing.assert_allclose(together, (alone[0] + alone[1]) / 2, rtol=1e-4, atol=1e-6)
-  with pytest.raises(ValueError, match="at least one member"):
-    context_verifier.ensemble([])
-
-
 def test_storage_round_trips_and_a_missing_or_damaged_one_is_named(tmp_path):
   with pytest.raises(ValueError, match="no context verifier stored"):
     context_verifier.load(str(tmp_path))
-  params = context_verifier.ensemble([untrained(1), untrained(2)])
+  params = untrained()
   context_verifier.save(str(tmp_path), params)
   loaded = context_verifier.load(str(tmp_path))
   assert all(np.array_equal(np.asarray(a), np.asarray(b))
@@ -134,16 +121,14 @@ def test_storage_round_trips_and_a_missing_or_damaged_one_is_named(tmp_path):
   assert "\n" not in str(caught.value)
 
 
-def test_one_stored_before_the_ensemble_or_the_digit_head_is_refused_in_one_line_to_train_it_again(tmp_path):
+def test_one_stored_before_the_digit_head_is_refused_in_one_line_that_says_to_train_it_again(tmp_path):
   params = untrained()
   last = params["params"]["Dense_1"]
-  headless = {"params": {**params["params"], "Dense_1": {"kernel": last["kernel"][:, :1],
-                                                         "bias": last["bias"][:1]}}}  # 1 output
-  for old in (params, context_verifier.ensemble([headless, headless])):  # not stacked; 1 output
-    context_verifier.save(str(tmp_path), old)
-    with pytest.raises(ValueError, match="of another shape; train it again") as caught:
-      context_verifier.load(str(tmp_path))
-    assert "\n" not in str(caught.value)
+  params["params"]["Dense_1"] = {"kernel": last["kernel"][:, :1], "bias": last["bias"][:1]}  # 1 output
+  context_verifier.save(str(tmp_path), params)
+  with pytest.raises(ValueError, match="of another shape; train it again") as caught:
+    context_verifier.load(str(tmp_path))
+  assert "\n" not in str(caught.value)
 
 
 def context_reader(slope: float = 1.0) -> number_reader.NumberReader:
@@ -154,7 +139,7 @@ def context_reader(slope: float = 1.0) -> number_reader.NumberReader:
 def test_a_reader_fitted_on_the_context_verifier_reads_with_the_stored_one(tmp_path):
   number_reader.store(str(tmp_path), "ema", 7, context_reader())
   assert number_reader.load(str(tmp_path), "ema", 7).context
-  params = context_verifier.ensemble([untrained(1), untrained(2)])
+  params = untrained(1)
   context_verifier.save(str(tmp_path), params)
   probabilities_fn, options = number_reader.for_predictor(FakePredictor(str(tmp_path)))
   canvas, _ = touching_pair()
@@ -246,9 +231,7 @@ def test_train_it_fit_the_reader_on_it_and_read_with_both_on_real_digits(smoke_r
   shutil.copytree(smoke_run, workdir)
   printed = run_module("experiments.train_context_verifier", "--workdir", str(workdir), "--count", "30",
                        "--epochs", "1")
-  assert "member 2 of 2" in printed and "2 members averaged" in printed
-  assert context_verifier.exists(str(workdir))
-  assert np.shape(_leaves(context_verifier.load(str(workdir)))[0])[0] == context_verifier.MEMBERS
+  assert "held-out strings" in printed and context_verifier.exists(str(workdir))
   run_module("experiments.number_strings", "--workdir", str(workdir), "--fit_verifier", "--count", "20",
              "--min_length", "5", "--max_length", "5", "--out", str(tmp_path / "strings"))
   assert json.loads((tmp_path / "strings" / "results.json").read_text())["context"] is True

@@ -7,24 +7,22 @@ piece of ink is a whole digit shows in what lies around it, and so, where digits
 it is: the strokes a cut took from it, or left on it, are in view. So each candidate is shown here as a
 window on the string (`context_views`): TALL digit heights high, centred on the candidate's box, with two
 channels, all the ink in the window and the candidate's own ink. A three-layer CNN (`ContextNet`) reads the
-window and gives the logit of P(one whole digit) and the logits of its digit; MEMBERS such networks,
-trained on different strings, are averaged (an ensemble: their logits' mean). `number_reader`'s verifier
+window and gives the logit of P(one whole digit) and the logits of its digit. `number_reader`'s verifier
 reads the first (recalibrated on validation strings) in place of the digit network's penultimate features;
 `read_number.read_in_context` combines the second with the digit network's reading of the candidates cut
 from a wider component.
 
 It is trained on the candidates of strings composed from the run's **training** digits (never validation
 or test), labelled as the verifier's are (`number_reader.matched_digits`):
-`python -m experiments.train_context_verifier --workdir RUN`. The members' weights, stacked along a leading
-axis (`ensemble`), are stored with the run, in RUN/context_verifier (Orbax), since the number reader fitted
-on top of them is.
+`python -m experiments.train_context_verifier --workdir RUN`. Its weights are stored with the run, in
+RUN/context_verifier (Orbax), since the number reader fitted on top of it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -44,8 +42,6 @@ FEATURES = (16, 32, 64)  # channels of the three convolutions (each followed by 
 DENSE = 128
 DIGITS = 10
 BATCH = 256  # views per step and per call: a 5-digit string has about 100-200 candidates
-# Networks averaged, each trained on strings of its own (docs/results/evaluation.md).
-MEMBERS = 2
 
 
 class ContextNet(nn.Module):
@@ -128,19 +124,10 @@ def train(views: np.ndarray, digits: np.ndarray, settings: TrainingSettings = Tr
   return jax.device_get(params)
 
 
-def ensemble(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """The parameters of `members` (each as `train` returns it) stacked along a new leading axis: what
-  `logits_fn` reads and `save` stores."""
-  if not members:
-    raise ValueError("an ensemble needs at least one member")
-  return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *members)
-
-
 def logits_fn(params: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-  """Views -> (m, 1 + DIGITS): the mean over the members of `params` (`ensemble`) of their outputs
-  (ContextNet), in batches of a fixed size (one compilation for any number of candidates)."""
-  members = jax.vmap(ContextNet().apply, in_axes=(0, None))
-  apply = jax.jit(lambda p, x: members(p, x).mean(axis=0))
+  """Views -> (m, 1 + DIGITS) outputs (ContextNet), in batches of a fixed size (one compilation for any
+  number of candidates)."""
+  apply = jax.jit(ContextNet().apply)
 
   def logits(views: np.ndarray) -> np.ndarray:
     out = []
@@ -169,8 +156,7 @@ def _directory(workdir: str) -> str:
 
 
 def save(workdir: str, params: dict[str, Any]) -> str:
-  """Writes the parameters (`ensemble`) to RUN/context_verifier (replacing any there) and returns that
-  path."""
+  """Writes the parameters to RUN/context_verifier (replacing any there) and returns that path."""
   path = _directory(workdir)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, params, force=True)
@@ -182,23 +168,21 @@ def exists(workdir: str) -> bool:
 
 
 def load(workdir: str) -> dict[str, Any]:
-  """The stored parameters (`ensemble`, of any number of members); ValueError naming the folder when they
-  are missing, cannot be read, or are of another shape (a single network stored before the ensemble, or
-  before the digit head was added)."""
+  """The stored parameters; ValueError naming the folder when they are missing, cannot be read, or are of
+  another shape (one stored before the digit head was added)."""
   path = _directory(workdir)
   if not exists(workdir):
     raise ValueError(f"{path}: no context verifier stored (python -m experiments.train_context_verifier "
                      f"--workdir {workdir} trains one)")
   retrain = f"train it again: python -m experiments.train_context_verifier --workdir {workdir}"
-  member = ContextNet().init(jax.random.key(0), jnp.zeros((1, ROWS, COLS, 2)))
+  target = ContextNet().init(jax.random.key(0), jnp.zeros((1, ROWS, COLS, 2)))
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       # Shapes compared before restoring: a restore that fails on one leaves Orbax's threads to complain at
       # exit.
       stored = getattr(checkpointer.metadata(path), "item_metadata", None)
-      count = None if stored is None else _members(_shapes(getattr(stored, "tree", stored)), _shapes(member))
-      target = None if count is None else ensemble([member] * count)
-      params = None if target is None else jax.device_get(checkpointer.restore(path, target))
+      same = stored is not None and _shapes(getattr(stored, "tree", stored)) == _shapes(target)
+      params = jax.device_get(checkpointer.restore(path, target)) if same else None
   except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged or foreign folder
     raise _unreadable(path, f"{type(e).__name__}: {e}", retrain) from None
   if stored is None:
@@ -209,23 +193,7 @@ def load(workdir: str) -> dict[str, Any]:
 
 
 def _shapes(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda leaf: tuple(getattr(leaf, "shape", ())), tree, is_leaf=_is_shape)
-
-
-def _is_shape(node: Any) -> bool:
-  return isinstance(node, tuple) and all(isinstance(n, int) for n in node)
-
-
-def _members(stored: Any, member: Any) -> int | None:
-  """How many members a tree of `stored` shapes stacks, each of the shapes `member`; None if it is not one."""
-  (stored_leaves, stored_tree), (member_leaves, member_tree) = (
-      jax.tree_util.tree_flatten(shapes, is_leaf=_is_shape) for shapes in (stored, member))
-  if stored_tree != member_tree:
-    return None
-  pairs = zip(stored_leaves, member_leaves, strict=True)
-  counts = {shape[0] if shape and shape[1:] == one else None for shape, one in pairs}
-  count = counts.pop() if len(counts) == 1 else None
-  return count if count else None
+  return jax.tree_util.tree_map(lambda leaf: tuple(getattr(leaf, "shape", ())), tree)
 
 
 def _unreadable(path: str, detail: str, retrain: str) -> ValueError:
