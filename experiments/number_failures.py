@@ -22,15 +22,16 @@ KINDS = ("no whole segmentation", "misread", "path choice")
 TERMS = ("network", "verifier", "segment priors", "boundaries")
 
 
-def score_terms(candidates: read_number.Candidates, path: list[int], priors: read_number.Priors,
+def score_terms(candidates: read_number.Candidates, paths: list[list[int]], priors: read_number.Priors,
                 verifier: read_number.Verifier | None = None) -> np.ndarray:
-  """(len(TERMS),): what each term adds to `path`'s score (`read_number.best_path`'s total)."""
-  chosen = np.asarray(path, np.int64)
-  network = np.log(np.maximum(candidates.probabilities[chosen].max(axis=1), 1e-30)).sum()
-  whole = 0.0 if verifier is None else verifier.log_whole(candidates)[chosen].sum()
-  segments = -priors.segment_penalties(candidates)[chosen].sum()
-  boundaries = candidates.boundary_scores(priors)[candidates.segments[chosen, 1]].sum()
-  return np.array([network, whole, segments, boundaries])
+  """(len(paths), len(TERMS)): what each term adds to each path's score (`read_number.best_path`'s total),
+  from per-candidate terms computed once."""
+  network = np.log(np.maximum(candidates.probabilities.max(axis=1), 1e-30))
+  whole = np.zeros(len(network)) if verifier is None else verifier.log_whole(candidates)
+  segments = -priors.segment_penalties(candidates)
+  boundaries = candidates.boundary_scores(priors)[candidates.segments[:, 1]]  # the one at each one's end
+  terms = np.stack([network, whole, segments, boundaries], axis=1)
+  return np.stack([terms[np.asarray(path, np.int64)].sum(axis=0) for path in paths])
 
 
 def failure_kind(candidates: read_number.Candidates, truth: str, true_boxes: list, priors: read_number.Priors,
@@ -73,8 +74,8 @@ def diagnose(strings: list[dict], records: list[dict], priors: read_number.Prior
     counts[kind] += 1
     if kind == "path choice":
       chosen = list(read_number.choose_path(candidates, priors, verifier).segments)
-      margins.setdefault(string["spacing"], []).append(
-          score_terms(candidates, chosen, priors, verifier) - score_terms(candidates, path, priors, verifier))
+      chosen_terms, right_terms = score_terms(candidates, [chosen, path], priors, verifier)
+      margins.setdefault(string["spacing"], []).append(chosen_terms - right_terms)
   return {"mistakes": kinds,
           "path_choice_margin": {spacing: dict(zip(TERMS, np.mean(d, axis=0).round(3).tolist(), strict=True))
                                   for spacing, d in margins.items()},

@@ -8,8 +8,9 @@ from alexnet_jax.inference import read_number
 from experiments import fit_number_reader, number_failures
 from tests.test_number_reader import SureOfEverything, touching_pair
 
-# Any merge is cheaper than two digits: the touching pair is read as one 0.
-MERGING = read_number.Priors(digit=5.0, cut=0.0, narrow_cut=0.0, wide=0.0, merge=0.0, crossing=0.0)
+# Any merge is cheaper than two digits: the touching pair is read as one 0. The cut between the two costs
+# a little, so that the boundaries' term is not zero.
+MERGING = read_number.Priors(digit=5.0, cut=0.5, narrow_cut=0.0, wide=0.0, merge=0.0, crossing=0.0)
 
 
 class SureOfSevens(SureOfEverything):
@@ -32,12 +33,13 @@ def test_a_merge_that_outscores_the_right_path_is_a_path_choice_and_its_margin_i
   kind, right = number_failures.failure_kind(candidates, "00", touching_pair()[1], MERGING)
   assert kind == "path choice" and len(right) == 2
   scores, boundaries = candidates.segment_scores(MERGING), candidates.boundary_scores(MERGING)
-  for path in (chosen, right):
+  terms = number_failures.score_terms(candidates, [chosen, right], MERGING)
+  for path, path_terms in zip((chosen, right), terms, strict=True):
     total = scores[path].sum() + boundaries[candidates.segments[path, 1]].sum()
-    assert number_failures.score_terms(candidates, path, MERGING).sum() == pytest.approx(total, abs=1e-9)
-  margin = (number_failures.score_terms(candidates, chosen, MERGING)
-            - number_failures.score_terms(candidates, right, MERGING))
+    assert path_terms.sum() == pytest.approx(total, abs=1e-9)
+  margin = terms[0] - terms[1]
   assert margin.sum() >= 0 and margin[number_failures.TERMS.index("segment priors")] > 0
+  assert margin[number_failures.TERMS.index("boundaries")] == pytest.approx(0.5)  # the one cut, not taken
 
 
 def test_misread_whole_digits_and_missing_ones_are_told_apart():
